@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # 2.13.0+cpu is the local CPU wheel where the machine has one; otherwise the registry's default build.
-  "${pip[@]}" "torch==2.13.0" 2>/dev/null || "${pip[@]}" "torch>=2.2"
+  "${pip[@]}" "torch==2.13.0" 2>/dev/null || "${pip[@]}" "torch>=2.4"
 fi
 "${pip[@]}" -e ".[test]"
 # These two packages declare heavy or stale dependencies that dept does not use.

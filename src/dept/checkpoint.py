@@ -1,0 +1,255 @@
+"""Adapter checkpoints: dept's own format (safetensors + JSON), the official DePT format
+(PROMPT_TUNING_LORA, pickled .bin) and PEFT prompt tuning (PROMPT_TUNING), in and out.
+
+dept format: `adapter_config.json` = {"peft_type": "DEPT", "dept_version", "config": DePTConfig,
+"backbone": {model_type, hidden_size, vocab_size, name_or_path, kind}, "head": [...]} and
+`adapter_model.safetensors` with `prompt_embeddings` (m,d), `lora_embedding_A` (s,r),
+`lora_embedding_B` (r,d) and, for encoder classifiers, `head.<param>`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dept.config import OFFICIAL_INIT_TEXT, DePTConfig
+
+if TYPE_CHECKING:
+    from dept.model import DePTModel
+    from dept.prompt import DePTAdapter
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+ADAPTER_KEYS = ("prompt_embeddings", "lora_embedding_A", "lora_embedding_B")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a killed run never
+    leaves a half-written checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_adapter(path: str | Path, config: DePTConfig, tensors: dict[str, torch.Tensor], backbone: dict[str, Any]) -> None:
+    from dept import __version__
+
+    path = Path(path)
+    meta = {
+        "peft_type": "DEPT",
+        "dept_version": __version__,
+        "config": config.to_dict(),
+        "backbone": backbone,
+        "head": sorted(k[len("head.") :] for k in tensors if k.startswith("head.")),
+    }
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+
+
+def backbone_info(model: "DePTModel") -> dict[str, Any]:
+    cfg = model.base_model.config
+    return {
+        "model_type": getattr(cfg, "model_type", None),
+        "hidden_size": model.hidden_size,
+        "vocab_size": model.vocab_size,
+        "name_or_path": getattr(cfg, "_name_or_path", None),
+        "kind": model.kind,
+    }
+
+
+def save_adapter(model: "DePTModel", name: str, path: str | Path) -> None:
+    adapter = model.adapters[name]
+    tensors = dict(adapter.state_dict())
+    params = dict(model.base_model.named_parameters())
+    tensors.update({f"head.{n}": params[n] for n in model.head_names})
+    write_adapter(path, adapter.config, tensors, backbone_info(model))
+
+
+def read_adapter(path: str | Path) -> tuple[DePTConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Read any supported adapter format into (config, tensors with dept key names, backbone info)."""
+    path = Path(path)
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"No {CONFIG_NAME} in {path}; expected an adapter folder saved by dept, DePT or PEFT.")
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_file} is not valid JSON: {err}") from err
+    kind = meta.get("peft_type")
+    if kind == "DEPT":
+        return DePTConfig.from_dict(meta["config"]), _read_weights(path), meta.get("backbone", {})
+    if kind == "PROMPT_TUNING_LORA":
+        return _from_official(meta, _read_weights(path))
+    if kind == "PROMPT_TUNING":
+        return _from_peft_prompt_tuning(meta, _read_weights(path))
+    raise ValueError(
+        f"{config_file} has peft_type {kind!r}; dept reads 'DEPT', 'PROMPT_TUNING_LORA' (official DePT) and "
+        "'PROMPT_TUNING' (PEFT)."
+    )
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if (path / WEIGHTS_NAME).is_file():
+        return load_file(path / WEIGHTS_NAME)
+    if (path / LEGACY_WEIGHTS_NAME).is_file():
+        # Legacy pickles only through the tensor-only unpickler.
+        return torch.load(path / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"No {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} in {path}.")
+
+
+def _from_official(meta: dict, weights: dict[str, torch.Tensor]):
+    config = DePTConfig(
+        prompt_length=int(meta["num_virtual_tokens"]),
+        rank=int(meta.get("r", 0)),
+        max_length=int(meta.get("max_length", 256)),
+        lora_alpha=float(meta.get("lora_alpha", 8)),
+        prompt_init="text" if str(meta.get("prompt_tuning_init", "TEXT")).upper() == "TEXT" else "random",
+        init_text=meta.get("prompt_tuning_init_text") or OFFICIAL_INIT_TEXT,
+    )
+    tensors = {"prompt_embeddings": weights["prompt_embeddings"]}
+    for key in ("lora_embedding_A", "lora_embedding_B"):
+        for candidate in (f"prompt_encoder.{key}", key):
+            if candidate in weights:
+                tensors[key] = weights[candidate]
+    if config.rank and len(tensors) < 3:
+        # Some released checkpoints carry only the prompt: the official loader then keeps the
+        # fresh init (A kaiming, B zeros), i.e. a zero update. Do the same, and say so.
+        logger.warning(
+            "Official checkpoint has no low-rank matrices (r=%d); using the official init (B = 0, so the "
+            "update is zero and the adapter acts as prompt tuning with m=%d).",
+            config.rank,
+            config.prompt_length,
+        )
+    backbone = {
+        "model_type": None,
+        "hidden_size": int(meta.get("token_dim") or tensors["prompt_embeddings"].shape[1]),
+        "vocab_size": None,
+        "name_or_path": meta.get("base_model_name_or_path"),
+        "kind": "seq2seq" if meta.get("task_type") == "SEQ_2_SEQ_LM" else None,
+    }
+    return config, tensors, backbone
+
+
+def _from_peft_prompt_tuning(meta: dict, weights: dict[str, torch.Tensor]):
+    m = int(meta["num_virtual_tokens"])
+    key = next((k for k in weights if k.endswith("prompt_embeddings")), None)
+    if key is None:
+        raise ValueError(f"PEFT prompt-tuning weights have no 'prompt_embeddings' tensor (keys: {sorted(weights)}).")
+    prompt = weights[key]
+    if prompt.shape[0] != m:
+        # PEFT keeps one block of m rows per transformer submodule; the first is the encoder's.
+        logger.warning("PEFT prompt has %d rows for %d virtual tokens; using the first %d.", prompt.shape[0], m, m)
+    config = DePTConfig(prompt_length=m, rank=0, prompt_init="text" if meta.get("prompt_tuning_init") == "TEXT" else "random",
+                        init_text=meta.get("prompt_tuning_init_text") or OFFICIAL_INIT_TEXT)
+    backbone = {"model_type": None, "hidden_size": int(prompt.shape[1]), "vocab_size": None,
+                "name_or_path": meta.get("base_model_name_or_path"), "kind": None}
+    return config, {"prompt_embeddings": prompt[:m]}, backbone
+
+
+def check_backbone(saved: dict[str, Any], model: "DePTModel", path: Path) -> None:
+    for field, actual in (("hidden_size", model.hidden_size), ("vocab_size", model.vocab_size), ("kind", model.kind)):
+        expected = saved.get(field)
+        if expected is not None and expected != actual:
+            raise ValueError(
+                f"Adapter at {path} was trained on a backbone with {field}={expected} "
+                f"({saved.get('name_or_path') or 'unknown backbone'}), but this backbone has {field}={actual} "
+                f"({getattr(model.base_model.config, '_name_or_path', '') or type(model.base_model).__name__}). "
+                "Load it onto the backbone it was trained with."
+            )
+
+
+def _check_shapes(config: DePTConfig, tensors: dict[str, torch.Tensor], hidden: int, path: Path) -> None:
+    expected = {
+        "prompt_embeddings": (config.prompt_length, hidden),
+        "lora_embedding_A": (config.max_length, config.rank),
+        "lora_embedding_B": (config.rank, hidden),
+    }
+    for key, shape in expected.items():
+        if key in tensors and tuple(tensors[key].shape) != shape:
+            raise ValueError(
+                f"Checkpoint {path} tensor {key!r} has shape {tuple(tensors[key].shape)}, but its config "
+                f"(m={config.prompt_length}, r={config.rank}, s={config.max_length}) on a backbone with hidden size "
+                f"{hidden} needs {shape}."
+            )
+
+
+def load_adapter(model: "DePTModel", path: str | Path, name: str, is_trainable: bool) -> "DePTAdapter":
+    path = Path(path)
+    config, tensors, backbone = read_adapter(path)
+    check_backbone(backbone, model, path)
+    _check_shapes(config, tensors, model.hidden_size, path)
+    adapter = model.add_adapter(name, config, prompt_init=tensors["prompt_embeddings"])
+    with torch.no_grad():
+        for key in ("lora_embedding_A", "lora_embedding_B"):
+            if key in tensors:
+                getattr(adapter, key).copy_(tensors[key])
+        params = dict(model.base_model.named_parameters())
+        for key, value in tensors.items():
+            if key.startswith("head."):
+                target = params.get(key[len("head.") :])
+                if target is None or target.shape != value.shape:
+                    raise ValueError(f"Checkpoint {path} head tensor {key!r} does not fit this backbone's head.")
+                target.copy_(value)
+    if is_trainable:
+        model.set_adapter(name)
+    else:
+        adapter.requires_grad_(False)
+    return adapter
+
+
+def convert_official(src_dir: str | Path, dst_dir: str | Path) -> DePTConfig:
+    """Convert an official DePT checkpoint (pickled .bin) into dept's safetensors format."""
+    config, tensors, backbone = read_adapter(src_dir)
+    if "lora_embedding_A" not in tensors and config.rank:
+        from dept.prompt import DePTAdapter
+
+        fresh = DePTAdapter(config, tensors["prompt_embeddings"].shape[1], tensors["prompt_embeddings"])
+        tensors = dict(fresh.state_dict())
+    write_adapter(dst_dir, config, tensors, backbone)
+    return config
+
+
+def export_peft(model: "DePTModel", path: str | Path, adapter_name: Optional[str] = None) -> None:
+    """Write an r=0 adapter as a PEFT PROMPT_TUNING adapter that `PeftModel.from_pretrained` loads."""
+    from peft import PromptTuningConfig, TaskType
+
+    name = adapter_name or model.active_adapter
+    adapter = model.adapters[name]
+    if adapter.config.rank and bool(adapter.lora_embedding_B.detach().abs().sum() > 0):
+        raise ValueError(
+            f"Adapter {name!r} has rank {adapter.config.rank} with a non-zero update; PEFT prompt tuning cannot "
+            "represent it. Export only r=0 adapters (or ones whose B is still zero)."
+        )
+    task_types = {"causal": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM}
+    if model.kind not in task_types:
+        raise ValueError(f"PEFT export supports causal and seq2seq backbones, not {model.kind!r}.")
+    base_cfg = model.base_model.config
+    peft_config = PromptTuningConfig(
+        task_type=task_types[model.kind],
+        num_virtual_tokens=adapter.prompt_length,
+        token_dim=model.hidden_size,
+        num_transformer_submodules=1,
+        base_model_name_or_path=getattr(base_cfg, "_name_or_path", None),
+    )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    peft_config.save_pretrained(str(path))
+    prompt = adapter.prompt_embeddings.detach().cpu().float().contiguous()
+    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file({"prompt_embeddings": prompt}, tmp, metadata={"format": "pt"}))

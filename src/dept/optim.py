@@ -1,0 +1,38 @@
+"""AdamW with DePT's two learning rates (prompt vs low-rank pair) and the linear warmup schedule."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+
+def parameter_groups(model: nn.Module, lr_prompt: float, lr_lowrank: float, weight_decay: float = 0.0) -> list[dict]:
+    """Prompt vectors learn at `lr_prompt`; A, B and any trainable head at `lr_lowrank`."""
+    prompt, other = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (prompt if name.endswith("prompt_embeddings") else other).append(param)
+    if not prompt and not other:
+        raise ValueError("The model has no trainable parameters; call set_adapter() or load with is_trainable=True.")
+    groups = [
+        {"params": prompt, "lr": lr_prompt, "weight_decay": weight_decay, "name": "prompt"},
+        {"params": other, "lr": lr_lowrank, "weight_decay": weight_decay, "name": "lowrank"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def create_optimizer(
+    model: nn.Module, lr_prompt: float, lr_lowrank: float, weight_decay: float = 0.0, eps: float = 1e-6
+) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameter_groups(model, lr_prompt, lr_lowrank, weight_decay), eps=eps)
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warmup to each group's lr, then linear decay to zero (the official schedule)."""
+    return get_linear_schedule_with_warmup(optimizer, min(warmup_steps, total_steps), total_steps)
+
+
+__all__: Iterable[str] = ["parameter_groups", "create_optimizer", "create_scheduler"]

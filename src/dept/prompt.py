@@ -1,0 +1,169 @@
+"""The DePT adapter (prompt P, low-rank pair A, B) and the one function that turns a batch's input
+embeddings into the backbone's inputs: prompt prepended, position-wise offset added out of place.
+
+Offsets follow each row's *real* token positions (from the attention mask), so a left-padded row,
+a right-padded row and the same row unpadded all get the same update: no padding to s is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dept.config import DePTConfig
+
+
+class DePTAdapter(nn.Module):
+    """P (m×d), A (s×r), B (r×d), initialised as the official code: A kaiming-uniform, B zeros,
+    so step 0 is exactly prompt tuning with the short prompt."""
+
+    def __init__(self, config: DePTConfig, hidden_size: int, prompt_init: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.config = config
+        generator = torch.Generator().manual_seed(config.seed)
+        if prompt_init is None:
+            prompt_init = torch.randn(config.prompt_length, hidden_size, generator=generator)
+        if tuple(prompt_init.shape) != (config.prompt_length, hidden_size):
+            raise ValueError(
+                f"prompt init has shape {tuple(prompt_init.shape)}, expected ({config.prompt_length}, {hidden_size})."
+            )
+        self.prompt_embeddings = nn.Parameter(prompt_init.detach().clone().float())
+        lora_a = torch.empty(config.max_length, config.rank)
+        if config.rank:
+            nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5), generator=generator)
+        self.lora_embedding_A = nn.Parameter(lora_a)
+        self.lora_embedding_B = nn.Parameter(torch.zeros(config.rank, hidden_size))
+        self._cached_update: Optional[tuple[tuple, torch.Tensor]] = None
+
+    @property
+    def prompt_length(self) -> int:
+        return self.config.prompt_length
+
+    def update_matrix(self) -> torch.Tensor:
+        """(α/√r)·A·B, shape (s, d). Without autograd it is cached until A or B change (their
+        in-place version counters move on every optimizer step and every load)."""
+        a, b = self.lora_embedding_A, self.lora_embedding_B
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+            return (a @ b) * self.config.scaling
+        key = (a._version, b._version, a.data_ptr(), b.data_ptr(), torch.is_autocast_enabled(a.device.type))
+        if self._cached_update is None or self._cached_update[0] != key:
+            self._cached_update = (key, (a @ b) * self.config.scaling)
+        return self._cached_update[1]
+
+    def offsets(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rows of the update for each token position, (…, L) -> (…, L, d)."""
+        return F.embedding(positions, self.update_matrix())
+
+
+@dataclass
+class PromptedInputs:
+    """What the backbone receives; `order` maps every output slot to a slot of [prompt ; input],
+    so per-token tensors (labels, token types) can be laid out the same way with `carry`."""
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    order: torch.Tensor
+    prompt_slots: int
+
+    def carry(self, values: torch.Tensor, prompt_fill: int) -> torch.Tensor:
+        fill = values.new_full((values.shape[0], self.prompt_slots), prompt_fill)
+        return torch.cat([fill, values], dim=1).gather(1, self.order)
+
+
+AdapterGroup = tuple[Optional[DePTAdapter], Optional[torch.Tensor]]
+
+
+def prepend_prompts(
+    inputs_embeds: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    groups: Sequence[AdapterGroup],
+    padding_side: Literal["left", "right"],
+) -> PromptedInputs:
+    """Apply DePT to a batch. `groups` pairs each adapter (None = no adapter) with the rows it
+    serves (None = all rows). Each row becomes [P ; E + offsets] with its real tokens contiguous,
+    padded on `padding_side`; so rows of different prompt lengths share one batch."""
+    batch, length, hidden = inputs_embeds.shape
+    if attention_mask is None:
+        mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+    else:
+        mask = attention_mask.to(torch.long)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    longest = int(mask.sum(1).max()) if batch else 0
+    for adapter, _ in groups:
+        if adapter is not None and adapter.config.rank and longest > adapter.config.max_length:
+            raise ValueError(
+                f"Input of {longest} tokens is longer than the adapter's max_length of "
+                f"{adapter.config.max_length}; truncate inputs to max_length (the tokenization helpers do) "
+                "or use an adapter with a larger max_length."
+            )
+    dtype = inputs_embeds.dtype
+    token_mask = mask.unsqueeze(-1).to(dtype)
+    if len(groups) == 1 and groups[0][1] is None:
+        # One adapter for the whole batch: no copies of the prompt, no scatter.
+        adapter = groups[0][0]
+        if adapter is None:
+            prompt = inputs_embeds.new_zeros(batch, 0, hidden)
+        else:
+            prompt = adapter.prompt_embeddings.to(dtype).unsqueeze(0).expand(batch, -1, -1)
+            if adapter.config.rank:
+                inputs_embeds = inputs_embeds + adapter.offsets(positions).to(dtype) * token_mask
+        prompt_mask = mask.new_ones(batch, prompt.shape[1])
+    else:
+        slots = max((a.prompt_length for a, _ in groups if a is not None), default=0)
+        prompt = inputs_embeds.new_zeros(batch, slots, hidden)
+        prompt_mask = mask.new_zeros(batch, slots)
+        offsets = torch.zeros_like(inputs_embeds)
+        for adapter, rows in groups:
+            if adapter is None:
+                continue
+            rows = slice(None) if rows is None else rows
+            m = adapter.prompt_length
+            prompt[rows, slots - m :] = adapter.prompt_embeddings.to(dtype)
+            prompt_mask[rows, slots - m :] = 1
+            if adapter.config.rank:
+                offsets[rows] = adapter.offsets(positions[rows]).to(dtype)
+        inputs_embeds = inputs_embeds + offsets * token_mask
+
+    full_embeds = torch.cat([prompt, inputs_embeds], dim=1)
+    full_mask = torch.cat([prompt_mask, mask], dim=1)
+    # Stable sort on the mask moves padding to one side and keeps the real tokens in order.
+    order = torch.argsort(full_mask if padding_side == "left" else 1 - full_mask, dim=1, stable=True)
+    compact_mask = full_mask.gather(1, order)
+    return PromptedInputs(
+        inputs_embeds=full_embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden)),
+        attention_mask=compact_mask,
+        position_ids=(compact_mask.cumsum(1) - 1).clamp(min=0),
+        order=order,
+        prompt_slots=prompt.shape[1],
+    )
+
+
+def initial_prompt(config: DePTConfig, embeddings: nn.Module, vocab_size: int, tokenizer=None) -> torch.Tensor:
+    """The prompt's starting values, drawn from the backbone's own embedding (so its scale fits)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.prompt_init == "random":
+        weight = getattr(embeddings, "weight")
+        return torch.randn(config.prompt_length, weight.shape[1], generator=generator)
+    if config.prompt_init == "vocab":
+        token_ids = torch.randint(0, vocab_size, (config.prompt_length,), generator=generator)
+    else:
+        if tokenizer is None:
+            raise ValueError(
+                "prompt_init='text' needs the backbone's tokenizer: pass DePTModel(model, config, tokenizer=tok), "
+                "or use prompt_init='vocab' or 'random'."
+            )
+        # Special tokens included, as the official code (T5's </s> is part of its init).
+        ids = tokenizer(config.init_text)["input_ids"]
+        if not ids:
+            raise ValueError(f"init_text {config.init_text!r} tokenizes to nothing; choose another init_text.")
+        repeats = math.ceil(config.prompt_length / len(ids))
+        token_ids = torch.tensor((ids * repeats)[: config.prompt_length])
+    weight = getattr(embeddings, "weight")
+    with torch.no_grad():
+        return embeddings(token_ids.to(weight.device)).detach().float().cpu()

@@ -1,0 +1,92 @@
+"""Training mechanics: gradients, checkpointing, the two learning rates."""
+
+import torch
+
+from conftest import batch, randomize_update, tiny_llama, tiny_t5
+from dept import DePTConfig, DePTModel
+from dept.optim import create_optimizer, create_scheduler
+
+CFG = DePTConfig(prompt_length=4, rank=2, max_length=16, prompt_init="vocab")
+
+
+def loss_of(dm, ids, mask):
+    labels = ids.masked_fill(mask == 0, -100)
+    if dm.kind == "seq2seq":
+        return dm(input_ids=ids, attention_mask=mask, labels=labels).loss
+    labels[:, :2] = -100  # source tokens carry no loss
+    return dm(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def grads(dm):
+    dm.zero_grad()
+    ids, mask = batch()
+    loss_of(dm, ids, mask).backward()
+    return {n: p.grad.clone() for n, p in dm.named_parameters() if p.requires_grad}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(backbone):
+    dm = DePTModel(backbone, CFG)
+    randomize_update(dm)
+    dm.train()
+    plain = grads(dm)
+    dm.gradient_checkpointing_enable()
+    checkpointed = grads(dm)
+    assert getattr(backbone, 'is_activation_checkpointing', None) or backbone.is_gradient_checkpointing
+    assert set(plain) == set(checkpointed) and len(plain) == 3
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5)
+        assert plain[name].abs().sum() > 0, name
+
+
+def test_causal_loss_equals_full_logit_loss():
+    """Computing logits only where labels are must not change the loss."""
+    dm = DePTModel(tiny_llama(), CFG)
+    randomize_update(dm)
+    ids, mask = batch()
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :3] = -100
+    out = dm(input_ids=ids, attention_mask=mask, labels=labels)
+    full = dm(input_ids=ids, attention_mask=mask)
+    assert out.logits.shape[1] < full.logits.shape[1]
+    slots = dm.prompted_inputs(ids, mask).carry(labels, -100)
+    reference = torch.nn.functional.cross_entropy(full.logits[:, :-1].reshape(-1, 100), slots[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, reference)
+
+
+def test_two_learning_rates_and_warmup():
+    dm = DePTModel(tiny_t5(), CFG)
+    opt = create_optimizer(dm, lr_prompt=0.3, lr_lowrank=1e-4)
+    assert [g["lr"] for g in opt.param_groups] == [0.3, 1e-4]
+    assert opt.param_groups[0]["params"][0] is dm.adapters["default"].prompt_embeddings
+    assert opt.defaults["eps"] == 1e-6 and all(g["weight_decay"] == 0.0 for g in opt.param_groups)
+    sched = create_scheduler(opt, warmup_steps=10, total_steps=100)
+    assert opt.param_groups[0]["lr"] == 0.0
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    assert abs(opt.param_groups[0]["lr"] - 0.3) < 1e-9 and abs(opt.param_groups[1]["lr"] - 1e-4) < 1e-12
+
+
+def test_a_step_moves_only_the_adapter(backbone):
+    dm = DePTModel(backbone, CFG)
+    before = {n: p.detach().clone() for n, p in backbone.named_parameters()}
+    adapter = dm.adapters["default"]
+    prompt0, b0 = adapter.prompt_embeddings.detach().clone(), adapter.lora_embedding_B.detach().clone()
+    opt = create_optimizer(dm, 0.3, 1e-2)
+    ids, mask = batch()
+    loss_of(dm, ids, mask).backward()
+    opt.step()
+    assert not torch.equal(prompt0, adapter.prompt_embeddings) and not torch.equal(b0, adapter.lora_embedding_B)
+    assert all(torch.equal(before[n], p) for n, p in backbone.named_parameters())
+
+
+def test_inference_cache_of_the_update_follows_optimizer_steps():
+    dm = DePTModel(tiny_llama(), CFG)
+    adapter = dm.adapters["default"]
+    with torch.no_grad():
+        first = adapter.update_matrix()
+        assert adapter.update_matrix() is first  # cached
+        adapter.lora_embedding_B.add_(1.0)
+        second = adapter.update_matrix()
+    assert second is not first
+    torch.testing.assert_close(second, adapter.config.scaling * adapter.lora_embedding_A @ adapter.lora_embedding_B)
