@@ -7,7 +7,6 @@ import importlib.util
 import json
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -369,26 +368,6 @@ def test_concurrent_writer_that_wins_the_race_is_used(fake_registry, monkeypatch
     assert converted_backbone_dir("tiny-gguf", cache_dir=cache) == target
     assert (target / "winner").is_file(), "the first published copy is kept"
     assert sorted(p.name for p in cache.iterdir()) == [target.name], "loser's temp folder removed"
-
-
-def test_parallel_threads_convert_safely(fake_registry, tmp_path: Path):
-    cache = tmp_path / "cache"
-    results: list[Path] = []
-    errors: list[BaseException] = []
-
-    def work():
-        try:
-            results.append(converted_backbone_dir("tiny-gguf", cache_dir=cache))
-        except BaseException as err:  # pragma: no cover - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(set(results)) == 1
-    assert sorted(p.name for p in cache.iterdir()) == ["tiny-gguf-9.9.9"]
 
 
 def test_failed_conversion_leaves_nothing(fake_registry, monkeypatch, tmp_path: Path):
