@@ -17,14 +17,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-try:
-    import dept.tasks as T
-except ImportError:  # dept/__init__.py imports modules other parts of the project are still adding
-    _spec = importlib.util.find_spec("dept")
-    _pkg = types.ModuleType("dept")
-    _pkg.__path__ = list(_spec.submodule_search_locations)
-    sys.modules["dept"] = _pkg
-    T = importlib.import_module("dept.tasks")
+import dept.tasks as T
 
 from dept.tasks import DataNotFoundError, Example, get_task, k_shot, list_tasks, stsb_target
 from dept.tasks import sources as S

@@ -3,25 +3,14 @@ $DEPT_DATA_DIR). Marked slow; skipped when the data is absent."""
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
-import sys
 import time
-import types
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-try:
-    import dept.tasks  # noqa: F401
-except ImportError:  # dept/__init__.py imports modules other parts of the project are still adding
-    _spec = importlib.util.find_spec("dept")
-    _pkg = types.ModuleType("dept")
-    _pkg.__path__ = list(_spec.submodule_search_locations)
-    sys.modules["dept"] = _pkg
-    importlib.import_module("dept.tasks")
 
 from dept.tasks import DataNotFoundError, get_task
 
