@@ -1,0 +1,68 @@
+"""Text-to-text examples -> token batches, for every kind of backbone.
+
+Causal LMs see `source` then ` target` + EOS in one sequence, loss on the target only; the source is
+truncated first so the label is never cut (a defect of the official code). Encoder-decoders see
+`source` in the encoder and `target` as decoder labels. Batches are padded dynamically to their
+longest row, causal rows on the left so their text ends at the last slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # causal: aligned with input_ids (-100 on the source); seq2seq: decoder targets
+
+
+def target_ids(tokenizer, text: str, kind: str) -> list[int]:
+    """Token ids of a target; a leading space keeps the answer a separate word after the source."""
+    if kind == "causal":
+        return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode(tokenizer, source: str, target: Optional[str], kind: str, max_length: int) -> Encoded:
+    """Tokenize one example, truncating the source so source + target fit in `max_length`."""
+    source_ids = tokenizer(source)["input_ids"]
+    if kind == "causal":
+        answer = [] if target is None else target_ids(tokenizer, target, kind) + _eos(tokenizer)
+        answer = answer[: max_length - 1]
+        source_ids = source_ids[: max_length - len(answer)]
+        return Encoded(source_ids + answer, [-100] * len(source_ids) + answer)
+    answer = [] if target is None else target_ids(tokenizer, target, kind) + _eos(tokenizer)
+    if len(source_ids) > max_length:  # keep the trailing </s> the encoder was trained with
+        source_ids = source_ids[: max_length - 1] + source_ids[-1:]
+    return Encoded(source_ids, answer)
+
+
+def _eos(tokenizer) -> list[int]:
+    return [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+
+
+def pad_batch(rows: Sequence[Encoded], kind: str, pad_id: int, label_ids: Optional[Sequence[int]] = None) -> dict:
+    """Stack rows into tensors. `label_ids` replaces text labels for encoder classifiers."""
+    width = max(len(r.input_ids) for r in rows)
+    left = kind == "causal"
+
+    def pad(seq: list[int], value: int, to: int) -> list[int]:
+        fill = [value] * (to - len(seq))
+        return fill + seq if left else seq + fill
+
+    batch = {
+        "input_ids": torch.tensor([pad(r.input_ids, pad_id, width) for r in rows]),
+        "attention_mask": torch.tensor([pad([1] * len(r.input_ids), 0, width) for r in rows]),
+    }
+    if label_ids is not None:
+        batch["labels"] = torch.tensor(list(label_ids))
+    elif kind == "causal":
+        batch["labels"] = torch.tensor([pad(r.labels, -100, width) for r in rows])
+    elif any(r.labels for r in rows):
+        target_width = max(len(r.labels) for r in rows)
+        batch["labels"] = torch.tensor([r.labels + [-100] * (target_width - len(r.labels)) for r in rows])
+    return batch

@@ -1,0 +1,117 @@
+"""The four ways to adapt a backbone that `dept train` compares: DePT and vanilla prompt tuning
+(our library), LoRA (peft) and full fine-tuning (transformers). Each builds a trainable model,
+its optimizer, and knows how to save and reload what it trained."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from dept.config import DePTConfig
+from dept.model import DePTModel
+from dept.optim import create_optimizer
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("dept", "pt", "lora", "full")
+
+
+@dataclass
+class MethodOptions:
+    method: str = "dept"
+    budget: int = 100
+    prompt_length: int = 60
+    rank: Optional[int] = None
+    max_length: int = 256
+    lora_rank: int = 8
+    lr_prompt: float = 3e-1
+    lr_lowrank: float = 1e-4
+    lr: float = 5e-4  # LoRA and full fine-tuning
+    init_from: Optional[str] = None
+    reset_lowrank_b: bool = False
+    prompt_init: str = "text"
+    seed: int = 42
+
+
+def dept_config(opts: MethodOptions, hidden_size: int) -> DePTConfig:
+    """pt: l = budget tokens, r = 0. dept: m = prompt_length and the budget-matched rank unless given."""
+    common = dict(max_length=opts.max_length, prompt_init=opts.prompt_init, seed=opts.seed)
+    if opts.method == "pt":
+        return DePTConfig(prompt_length=opts.budget, rank=0, **common)
+    if opts.rank is not None:
+        return DePTConfig(prompt_length=opts.prompt_length, rank=opts.rank, **common)
+    return DePTConfig.from_budget(opts.budget, opts.prompt_length, hidden_size, **common)
+
+
+def build(opts: MethodOptions, backbone, tokenizer, kind: str) -> nn.Module:
+    if opts.method not in METHODS:
+        raise ValueError(f"Unknown method {opts.method!r}; choose one of {METHODS}.")
+    if opts.method in ("dept", "pt"):
+        if opts.init_from:
+            model = DePTModel.from_pretrained(backbone, opts.init_from, is_trainable=True, tokenizer=tokenizer)
+            if opts.reset_lowrank_b:
+                with torch.no_grad():
+                    model.adapters[model.active_adapter].lora_embedding_B.zero_()
+            return model
+        hidden = backbone.get_input_embeddings().weight.shape[1]
+        return DePTModel(backbone, dept_config(opts, hidden), tokenizer=tokenizer)
+    if opts.method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        task_type = {"causal": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM, "classification": TaskType.SEQ_CLS}[kind]
+        config = LoraConfig(task_type=task_type, r=opts.lora_rank, lora_alpha=2 * opts.lora_rank, lora_dropout=0.0,
+                            target_modules="all-linear")
+        return get_peft_model(backbone, config)
+    for param in backbone.parameters():
+        param.requires_grad_(True)
+    return backbone
+
+
+def optimizer_for(opts: MethodOptions, model: nn.Module) -> torch.optim.Optimizer:
+    if opts.method in ("dept", "pt"):
+        return create_optimizer(model, opts.lr_prompt, opts.lr_lowrank)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": params, "lr": opts.lr, "name": "all"}], weight_decay=0.0, eps=1e-6)
+
+
+def save(opts: MethodOptions, model: nn.Module, path: Path, tokenizer=None) -> None:
+    """dept/pt: adapter folder (safetensors + JSON); lora: peft adapter; full: the whole model."""
+    model.save_pretrained(path)
+    if opts.method == "full" and tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+def load_weights(opts: MethodOptions, model: nn.Module, path: Path) -> None:
+    """Put saved weights back into the model being trained (best checkpoint, resume), in place."""
+    if opts.method in ("dept", "pt"):
+        from dept.checkpoint import read_adapter
+
+        # In place, so the optimizer keeps pointing at the same parameters.
+        _, tensors, _ = read_adapter(path)
+        params = dict(model.adapters[model.active_adapter].named_parameters())
+        params.update({f"head.{n}": p for n, p in model.base_model.named_parameters() if n in model.head_names})
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(tensors[name])
+        return
+    from safetensors.torch import load_file
+
+    if opts.method == "lora":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+        return
+    files = sorted(path.glob("*.safetensors"))
+    state = {}
+    for file in files:
+        state.update(load_file(file))
+    model.load_state_dict(state, strict=False)
+
+
+def num_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

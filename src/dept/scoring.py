@@ -1,0 +1,202 @@
+"""Loss and evaluation shared by every method (DePT, PT, LoRA, full fine-tuning, zero-shot).
+
+Rank classification scores each label string by its exact log-probability. Candidates that share
+all but their last token are scored by one row (the last position's distribution covers them all),
+so single-token labels cost one forward per example and STS-B's 26 scores cost six.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from dept.data import encode, pad_batch, target_ids
+
+logger = logging.getLogger(__name__)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _keep(labels: torch.Tensor) -> int:
+    """Logits from one slot before the first labelled position to the end (left-padded rows)."""
+    labelled = (labels != -100).any(0).nonzero()
+    first = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
+    return labels.shape[1] - max(first, 1) + 1
+
+
+def label_count(batch: dict, kind: str) -> int:
+    """How many targets `lm_loss(..., reduction="sum")` adds up for this batch."""
+    labels = batch["labels"]
+    if kind == "classification":
+        return labels.shape[0]
+    return int((labels[:, 1:] != -100).sum()) if kind == "causal" else int((labels != -100).sum())
+
+
+def lm_loss(model, batch: dict, kind: str, reduction: str = "mean") -> torch.Tensor:
+    """Token loss on the labels. Causal rows are left-padded, so the last L logits of any model
+    (DePT's [prompt ; input] included) line up with the input; only those the loss uses are
+    computed."""
+    if kind == "causal":
+        labels = batch["labels"]
+        keep = _keep(labels)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+        logits, targets = logits[:, -keep:][:, :-1], labels[:, labels.shape[1] - keep + 1 :]
+    else:
+        call = {k: v for k, v in batch.items() if k != "labels" or kind == "seq2seq"}
+        logits, targets = model(**call).logits, batch["labels"]
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                           reduction=reduction)
+
+
+@dataclass
+class _Row:
+    example: int
+    source: list[int]
+    prefix: tuple[int, ...]
+    members: list[tuple[int, int]]  # (candidate index, its last token)
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.no_grad()
+def rank_scores(
+    model, tokenizer, kind: str, sources: Sequence[str], candidates: Sequence[str], max_length: int,
+    batch_size: int = 16, precision: str = "fp32",
+) -> torch.Tensor:
+    """(N, C) log-probabilities of each candidate string given each source."""
+    device = next(model.parameters()).device
+    cand_ids = [target_ids(tokenizer, c, kind) for c in candidates]
+    if any(not ids for ids in cand_ids):
+        raise ValueError(f"A label string tokenizes to nothing: {candidates}")
+    groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    for c, ids in enumerate(cand_ids):
+        groups.setdefault(tuple(ids[:-1]), []).append((c, ids[-1]))
+    longest = max(len(ids) for ids in cand_ids)
+    rows = []
+    for i, source in enumerate(sources):
+        src = encode(tokenizer, source, None, kind, max_length - (longest if kind == "causal" else 0)).input_ids
+        rows += [_Row(i, src, prefix, members) for prefix, members in groups.items()]
+    scores = torch.full((len(sources), len(candidates)), float("-inf"))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for chunk in _chunks(rows, batch_size):
+        with autocast(device, precision):
+            logprobs = _prefix_logprobs(model, chunk, kind, pad_id, device, _decoder_start(model))
+        for row, lp in zip(chunk, logprobs):
+            p = len(row.prefix)
+            prefix_score = sum(float(lp[k, t]) for k, t in enumerate(row.prefix))
+            for c, last in row.members:
+                scores[row.example, c] = prefix_score + float(lp[p, last])
+    return scores
+
+
+def _decoder_start(model) -> int:
+    config = getattr(model, "base_model", model).config
+    config = getattr(config, "get_text_config", lambda **_: config)()
+    start = getattr(config, "decoder_start_token_id", None)
+    return 0 if start is None else start
+
+
+def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad_id: int, device, start_id: int) -> list[torch.Tensor]:
+    """For each row, log-softmax at the p+1 positions that predict prefix tokens then the last token."""
+    if kind == "causal":
+        from dept.data import Encoded
+
+        encoded = [Encoded(r.source + list(r.prefix), []) for r in rows]
+        batch = pad_batch(encoded, kind, pad_id)
+        keep = max(len(r.prefix) for r in rows) + 1
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       logits_to_keep=keep).logits[:, -keep:]
+        lp = logits.float().log_softmax(-1)
+        return [lp[i, keep - 1 - len(r.prefix) :] for i, r in enumerate(rows)]
+    from dept.data import Encoded
+
+    batch = pad_batch([Encoded(r.source, []) for r in rows], kind, pad_id)
+    width = max(len(r.prefix) for r in rows) + 1
+    decoder = torch.tensor([[start_id, *r.prefix] + [pad_id] * (width - 1 - len(r.prefix)) for r in rows])
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                   decoder_input_ids=decoder.to(device)).logits
+    lp = logits.float().log_softmax(-1)
+    return [lp[i, : len(r.prefix) + 1] for i, r in enumerate(rows)]
+
+
+@torch.no_grad()
+def classifier_scores(model, tokenizer, sources: Sequence[str], max_length: int, batch_size: int = 16,
+                      precision: str = "fp32") -> torch.Tensor:
+    """Encoder classifiers: log-softmax of the head's logits."""
+    device = next(model.parameters()).device
+    out = []
+    pad_id = tokenizer.pad_token_id or 0
+    for chunk in _chunks(list(sources), batch_size):
+        batch = pad_batch([encode(tokenizer, s, None, "classification", max_length) for s in chunk], "classification", pad_id)
+        with autocast(device, precision):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        out.append(logits.float().log_softmax(-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, kind: str, sources: Sequence[str], max_length: int, max_new_tokens: int = 20,
+                   batch_size: int = 16, precision: str = "fp32") -> list[str]:
+    """Greedy generation, the paper's protocol (max 20 new tokens, exact string match)."""
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    texts: list[str] = []
+    for chunk in _chunks(list(sources), batch_size):
+        batch = pad_batch([encode(tokenizer, s, None, kind, max_length - max_new_tokens * (kind == "causal"))
+                           for s in chunk], kind, pad_id)
+        with autocast(device, precision):
+            out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
+        if kind == "causal" and out.shape[1] > max_new_tokens:  # plain HF models echo the input
+            out = out[:, batch["input_ids"].shape[1]:]
+        texts += tokenizer.batch_decode(out, skip_special_tokens=True)
+    return [t.strip() for t in texts]
+
+
+def candidates_for(task) -> tuple[list[str], Optional[torch.Tensor]]:
+    """Label strings to rank and, for regression, the value each stands for."""
+    if not task.is_regression:
+        return list(task.label_words), None
+    low, high = task.value_range or (0.0, 5.0)
+    values = sorted({float(task.target_fn(low + 0.2 * i)) for i in range(int(round((high - low) / 0.2)) + 1)})
+    return [task.target_fn(v) for v in values], torch.tensor(values)
+
+
+def evaluate(model, tokenizer, kind: str, task, examples: Sequence, max_length: int, scoring: str = "rank",
+             batch_size: int = 16, precision: str = "fp32") -> tuple[dict[str, float], list]:
+    """Metrics and per-example predictions. Regression with rank scoring reads out the expected
+    value over the numeric label strings."""
+    if not examples:
+        raise ValueError(f"No examples to evaluate for {task.name}.")
+    sources = [e.source for e in examples]
+    was_training = model.training
+    model.eval()
+    try:
+        if scoring == "generate":
+            predictions: list = generate_texts(model, tokenizer, kind, sources, max_length, batch_size=batch_size,
+                                               precision=precision)
+        elif kind == "classification":
+            predictions = classifier_scores(model, tokenizer, sources, max_length, batch_size, precision).argmax(-1).tolist()
+        else:
+            candidates, values = candidates_for(task)
+            scores = rank_scores(model, tokenizer, kind, sources, candidates, max_length, batch_size, precision)
+            if values is None:
+                predictions = scores.argmax(-1).tolist()
+            else:
+                predictions = (scores.softmax(-1) * values).sum(-1).tolist()
+    finally:
+        model.train(was_training)
+    groups = [e.meta.get(task.group_key) for e in examples] if getattr(task, "group_key", None) else None
+    return task.metrics(predictions, list(examples), groups=groups) if groups else task.metrics(predictions, list(examples)), predictions

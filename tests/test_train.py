@@ -1,0 +1,118 @@
+"""`dept train` end to end on a tiny model: resume after a kill, 2 processes vs 1, results files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dept.methods import MethodOptions
+from dept.train import Run, TrainOptions, batch_rows
+from tiny import make_tiny_llama, make_tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """A tiny Llama + tokenizer folder and a small sentiment CSV task (single-token labels)."""
+    root = tmp_path_factory.mktemp("tiny")
+    tok = make_tiny_tokenizer(root / "model", add_eos=False)
+    make_tiny_llama(root / "model", tokenizer=tok)
+    rows = ["text,label"]
+    words = ["great", "terrible", "wonderful", "boring", "good", "bad"]
+    for i in range(48):
+        word = words[i % len(words)]
+        rows.append(f"the movie was {word} {i},{'pos' if i % 2 == 0 else 'neg'}")
+    (root / "task.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def options(root, out, **overrides) -> TrainOptions:
+    base = dict(task=f"csv:{root / 'task.csv'}", task_options={"text_fields": ["text"], "label_field": "label"},
+                model=str(root / "model"), output_dir=str(out), max_steps=6, batch_size=4, eval_every=3,
+                eval_samples=4, test_samples=4, precision="fp32", seed=3, warmup_steps=2,
+                method=MethodOptions(method="dept", prompt_length=4, rank=2, max_length=32, prompt_init="vocab",
+                                     lr_prompt=0.1, lr_lowrank=0.05))
+    base.update(overrides)
+    return TrainOptions(**base)
+
+
+def adapter_tensors(folder):
+    return load_file(folder / "model" / "adapter_model.safetensors")
+
+
+def test_training_writes_results_curve_and_best_adapter(tiny_setup, tmp_path):
+    results = Run(options(tiny_setup, tmp_path, zero_shot=True)).fit()
+    assert results["steps"] == 6 and results["trainable_parameters"] > 0
+    assert {"validation", "test", "zero_shot_validation", "zero_shot_test"} <= set(results)
+    for name in ("results.json", "metrics.jsonl", "training_curve.png", "run.json", "best/adapter_config.json",
+                 "checkpoint/trainer_state.pt"):
+        assert (tmp_path / name).exists(), name
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in logged) and any("val_accuracy" in r for r in logged)
+
+
+def test_killed_run_resumes_to_the_same_adapter(tiny_setup, tmp_path, monkeypatch):
+    Run(options(tiny_setup, tmp_path / "straight")).fit()
+
+    saves = {"n": 0}
+    original = Run._save_checkpoint
+
+    def save_then_die(self):
+        original(self)
+        saves["n"] += 1
+        raise KeyboardInterrupt("killed after the first checkpoint")
+
+    monkeypatch.setattr(Run, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        Run(options(tiny_setup, tmp_path / "killed")).fit()
+    monkeypatch.setattr(Run, "_save_checkpoint", original)
+    assert json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())["step"] == 3
+    Run(options(tiny_setup, tmp_path / "killed", resume=True)).fit()
+
+    straight = adapter_tensors(tmp_path / "straight" / "checkpoint")
+    resumed = adapter_tensors(tmp_path / "killed" / "checkpoint")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_setup, tmp_path):
+    opts = options(tiny_setup, tmp_path)
+    opts.method.lr_prompt = float("inf")
+    with pytest.raises(FloatingPointError, match="lower the learning rates"):
+        Run(opts).fit()
+
+
+def test_data_order_is_the_same_for_any_number_of_processes():
+    opts = TrainOptions(batch_size=4, seed=1)
+    one = batch_rows(5, 0, opts, 10, 0, 1)
+    two = batch_rows(5, 0, opts, 10, 0, 2) + batch_rows(5, 0, opts, 10, 1, 2)
+    assert sorted(one) == sorted(two)
+
+
+@pytest.mark.timeout(600)
+def test_two_processes_match_one(tiny_setup, tmp_path):
+    """DDP on 2 CPU processes (gloo) with the same global batch gives the same adapter."""
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    common = ["train", "--task", f"csv:{tiny_setup / 'task.csv'}", "--text-fields", "text", "--label-field", "label",
+              "--model", str(tiny_setup / "model"), "--max-steps", "4", "--batch-size", "4", "--eval-every", "4",
+              "--eval-samples", "4", "--test-samples", "0", "--precision", "fp32", "--seed", "3",
+              "--prompt-length", "4", "--rank", "2", "--max-length", "32", "--lr-prompt", "0.1", "--lr-lowrank", "0.05",
+              "--warmup-steps", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    single = [sys.executable, "-m", "dept.cli", *common, "--output-dir", str(tmp_path / "one")]
+    # --multi_gpu is accelerate's torchrun-based launcher; dept picks gloo itself on a machine without CUDA.
+    double = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "dept.cli", *common,
+              "--output-dir", str(tmp_path / "two")]
+    for cmd in (single, double):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["processes"] == 2
+    one = adapter_tensors(tmp_path / "one" / "checkpoint")
+    two = adapter_tensors(tmp_path / "two" / "checkpoint")
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], atol=1e-5, rtol=1e-4)
+    assert not torch.equal(one["lora_embedding_B"], torch.zeros_like(one["lora_embedding_B"]))
