@@ -146,7 +146,7 @@ def test_peft_prompt_tuning_adapter_loads_as_rank_zero(tmp_path, kind):
         kwargs = {} if kind == "causal" else {"decoder_input_ids": decoder_ids(1)}
         theirs = peft_model(input_ids=ids, **kwargs).logits
     dm = DePTModel.from_pretrained(peft_model.get_base_model(), tmp_path)
-    assert dm.config.rank == 0 and dm.config.prompt_length == 6
+    assert dm.dept_config.rank == 0 and dm.dept_config.prompt_length == 6
     with torch.no_grad():
         torch.testing.assert_close(run(dm, ids), theirs, atol=1e-5, rtol=1e-5)
 

@@ -65,7 +65,7 @@ def test_dynamic_padding_equals_official_pad_to_s(backbone):
     if dm.kind == "seq2seq":
         torch.testing.assert_close(ours, official, atol=1e-5, rtol=1e-5)
         return
-    m = dm.config.prompt_length
+    m = dm.dept_config.prompt_length
     for row in range(ids.shape[0]):
         n = int(mask[row].sum())
         # ours is left-padded, so a row's m + n real slots are its last ones

@@ -13,8 +13,8 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decomposed Prompt Tuning (DePT) for any Hugging Face model.")
 
 # The main job: DePT on SmolLM2-135M, GLUE STS-B from the offline package; a few minutes on 2 CPU cores.
-MAIN_JOB = dict(task="glue/stsb", model="smollm2-135m", max_steps=120, batch_size=8, eval_every=40, eval_samples=200,
-                test_samples=200, output_dir="runs/main")
+MAIN_JOB = dict(task="glue/stsb", max_steps=120, batch_size=8, eval_every=60, eval_samples=200, test_samples=200)
+RUN_DEFAULTS = dict(max_steps=300, batch_size=16, eval_every=100)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -32,8 +32,8 @@ def train(
     output_dir: Optional[Path] = typer.Option(None, help="Where checkpoints, metrics.jsonl, results.json and the curve go."),
     data_dir: Optional[Path] = typer.Option(None, envvar="DEPT_DATA_DIR", help="Folder with glue/ and superglue/ in the original layout."),
     split_rule: str = typer.Option("paper", help="paper (DePT's splits) or official (train/dev as released)."),
-    max_steps: int = typer.Option(300),
-    batch_size: int = typer.Option(16),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps (default 300; main job 120)."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size (default 16; main job 8)."),
     grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
     budget: int = typer.Option(100, help="PT prompt length l whose parameter count DePT matches."),
     prompt_length: int = typer.Option(60, help="DePT prompt length m."),
@@ -47,7 +47,7 @@ def train(
     max_grad_norm: float = typer.Option(1.0),
     precision: str = typer.Option("auto", help="auto | bf16 | fp32 (auto = bf16 where the hardware has it)."),
     gradient_checkpointing: bool = typer.Option(False),
-    eval_every: int = typer.Option(100),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluate and checkpoint every N steps (default 100)."),
     eval_samples: Optional[int] = typer.Option(None, help="Evaluate on the first N validation examples."),
     test_samples: Optional[int] = typer.Option(None, help="Test on the first N test examples."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many evaluations without improvement."),
@@ -69,20 +69,20 @@ def train(
 
     _setup_logging(verbose)
     main_job = task is None
-    settings = dict(task=task, model=model, max_steps=max_steps, batch_size=batch_size, eval_every=eval_every,
-                    eval_samples=eval_samples, test_samples=test_samples, output_dir=str(output_dir or f"runs/{method}"))
+    given = {k: v for k, v in dict(max_steps=max_steps, batch_size=batch_size, eval_every=eval_every,
+                                   eval_samples=eval_samples, test_samples=test_samples).items() if v is not None}
+    settings = {**RUN_DEFAULTS, **(MAIN_JOB if main_job else {"task": task}), **given}
+    settings["output_dir"] = str(output_dir or ("runs/main" if main_job else f"runs/{method}"))
     if main_job:
-        settings = {**settings, **MAIN_JOB, **({"output_dir": str(output_dir)} if output_dir else {})}
         zero_shot = True
-        typer.echo(f"Main job: DePT on {settings['model']}, {settings['task']}, {settings['max_steps']} steps "
-                   f"-> {settings['output_dir']}")
+        typer.echo(f"Main job: DePT on {model}, {settings['task']}, {settings['max_steps']} steps -> {settings['output_dir']}")
     task_options = {}
     if text_fields:
         task_options["text_fields"] = text_fields.split(",")
     if label_field:
         task_options["label_field"] = label_field
     opts = TrainOptions(
-        **settings, data_dir=str(data_dir) if data_dir else None, split_rule=split_rule, grad_accum=grad_accum,
+        **settings, model=model, data_dir=str(data_dir) if data_dir else None, split_rule=split_rule, grad_accum=grad_accum,
         warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, precision=precision,
         gradient_checkpointing=gradient_checkpointing, patience=patience, scoring=scoring, k_shot=k_shot, seed=seed,
         resume=resume, zero_shot=zero_shot, tensorboard=tensorboard, task_options=task_options,
@@ -163,7 +163,7 @@ def eval_command(
 
     _setup_logging(verbose)
     trained, tokenizer, run = _load_trained(adapter, model)
-    spec = get_task(task)
+    spec = get_task(task, **(run.get("task_options", {}) if task == run.get("task") else {}))
     examples = spec.load(data_dir=str(data_dir) if data_dir else None, split_rule=split_rule)[split][:samples]
     max_length = run.get("method", {}).get("max_length", 256)
     metrics, _ = evaluate(trained, tokenizer, _kind(trained), spec, examples, max_length, scoring, batch_size, resolve_precision(precision))

@@ -92,7 +92,13 @@ class DePTModel(nn.Module):
         return self.base_model.get_input_embeddings().weight.shape[0]
 
     @property
-    def config(self) -> DePTConfig:
+    def config(self):
+        """The backbone's config, where transformers and accelerate utilities look for it."""
+        return self.base_model.config
+
+    @property
+    def dept_config(self) -> DePTConfig:
+        """The active adapter's config."""
         return self.adapters[self.active_adapter].config
 
     def add_adapter(self, name: str, config: DePTConfig, prompt_init: Optional[torch.Tensor] = None) -> DePTAdapter:

@@ -31,7 +31,7 @@ from dept.backbones import load_backbone
 from dept.data import encode, pad_batch
 from dept.model import model_kind
 from dept.optim import create_scheduler
-from dept.scoring import evaluate, label_count, lm_loss
+from dept.scoring import autocast, evaluate, label_count, lm_loss
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +133,13 @@ class Run:
     def __init__(self, opts: TrainOptions):
         self.opts = opts
         self.out = Path(opts.output_dir)
-        self.precision = resolve_precision(opts.precision)
-        self.accelerator = Accelerator(mixed_precision="bf16" if self.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
-        set_seed(opts.seed)
         from dept.tasks import get_task
 
         self.task = get_task(opts.task, **opts.task_options)
+        self.precision = resolve_precision(opts.precision)
+        # Autocast is ours (scoring.autocast), so runs of different precision can share a process.
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        set_seed(opts.seed)
         splits = self.task.load(data_dir=opts.data_dir, split_rule=opts.split_rule, seed=opts.seed)
         self.train_set = splits["train"]
         if opts.k_shot:
@@ -276,7 +277,7 @@ class Run:
             for micro, batch in enumerate(batches):
                 sync = micro == opts.grad_accum - 1
                 with self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext():
-                    with self.accelerator.autocast():
+                    with autocast(device, self.precision):
                         loss = lm_loss(self.model, batch, self.kind, reduction="sum")
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
