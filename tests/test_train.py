@@ -78,6 +78,30 @@ def test_killed_run_resumes_to_the_same_adapter(tiny_setup, tmp_path, monkeypatc
         assert torch.equal(straight[key], resumed[key]), key
 
 
+def test_gradient_accumulation_equals_the_full_batch(tiny_setup, tmp_path):
+    Run(options(tiny_setup, tmp_path / "full", max_steps=3)).fit()
+    Run(options(tiny_setup, tmp_path / "accum", max_steps=3, batch_size=2, grad_accum=2)).fit()
+    full, accum = adapter_tensors(tmp_path / "full" / "checkpoint"), adapter_tensors(tmp_path / "accum" / "checkpoint")
+    for key in full:
+        torch.testing.assert_close(full[key], accum[key], atol=1e-5, rtol=1e-4)
+
+
+def test_early_stopping_and_transfer_init(tiny_setup, tmp_path):
+    opts = options(tiny_setup, tmp_path / "src", max_steps=30, eval_every=1, patience=1)
+    opts.method.lr_prompt = 0.0  # nothing changes, so the second evaluation is no better
+    opts.method.lr_lowrank = 0.0
+    results = Run(opts).fit()
+    assert results["steps"] == 2
+    transfer = options(tiny_setup, tmp_path / "dst", max_steps=1)
+    transfer.method.init_from = str(tmp_path / "src" / "best")
+    transfer.method.reset_lowrank_b = True
+    run = Run(transfer)
+    adapter = run.unwrapped.adapters["default"]
+    source = load_file(tmp_path / "src" / "best" / "adapter_model.safetensors")
+    assert torch.equal(adapter.prompt_embeddings.detach(), source["prompt_embeddings"])
+    assert not adapter.lora_embedding_B.any() and adapter.prompt_embeddings.requires_grad
+
+
 def test_nan_loss_stops_with_a_clear_message(tiny_setup, tmp_path):
     opts = options(tiny_setup, tmp_path)
     opts.method.lr_prompt = float("inf")

@@ -248,8 +248,10 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self.writer = None
         if opts.tensorboard and self.accelerator.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
             self.writer = SummaryWriter(self.out / "tensorboard")
         if self.accelerator.is_main_process:
             (self.out / RUN_FILE).write_text(json.dumps(_jsonable(opts), indent=2))
