@@ -256,6 +256,8 @@ class Run:
         if self.accelerator.is_main_process:
             (self.out / RUN_FILE).write_text(json.dumps(_jsonable(opts), indent=2))
         resumed = opts.resume and self._restore()
+        if not resumed and self.accelerator.is_main_process:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
         zero_shot = None
         if opts.zero_shot and not resumed and self.accelerator.is_main_process:
             zero_shot = self._evaluate(self.val_set, model=self.backbone)
