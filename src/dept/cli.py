@@ -240,6 +240,15 @@ def tasks():
         typer.echo(name)
 
 
+def _register_bench() -> None:
+    from dept.bench import bench_command
+
+    app.command("bench", help="Time and memory of DePT vs prompt tuning (ours, PEFT) and LoRA, side by side.")(bench_command)
+
+
+_register_bench()
+
+
 def main() -> None:
     app()
 

@@ -52,6 +52,19 @@ def model_kind(model: PreTrainedModel) -> Kind:
     )
 
 
+def keep_positions(keep: int, total: int, device) -> int | torch.Tensor:
+    """`logits_to_keep` for the backbone: the last `keep` positions as an index tensor.
+
+    An int makes transformers take the view `hidden[:, -keep:]`, which is not contiguous; a linear
+    layer on it whose weight needs no grad (the frozen output embedding) cannot be folded into one
+    matmul and falls back to a bmm over a batch-expanded copy of the weight (batch×d×vocab: 0.9 GB
+    and ~2.5 s per call for SmolLM2 at batch 16 on CPU). Indexing with a tensor gathers a small
+    contiguous copy instead. 0 (all), 1 and `total` give foldable tensors and stay ints."""
+    if keep <= 1 or keep >= total:
+        return keep
+    return torch.arange(total - keep, total, device=device)
+
+
 class DePTModel(nn.Module):
     """A frozen backbone plus named DePT adapters; `adapter_names` picks an adapter per row."""
 
@@ -213,7 +226,7 @@ class DePTModel(nn.Module):
             logits_to_keep = total if labels is None else self._logits_needed(labels)
         call = dict(inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask, position_ids=p.position_ids, **kwargs)
         if self._supports_logits_to_keep:
-            call["logits_to_keep"] = logits_to_keep
+            call["logits_to_keep"] = keep_positions(logits_to_keep, total, p.inputs_embeds.device)
         out = self.base_model(**call)
         logits = out.logits[:, -logits_to_keep:] if logits_to_keep else out.logits
         loss = None
@@ -250,6 +263,11 @@ class DePTModel(nn.Module):
         official code. Causal LMs return only the new tokens."""
         p = self.prompted_inputs(input_ids, attention_mask, None, adapter_names)
         generate_kwargs.setdefault("pad_token_id", self._pad_token_id())
+        if self.kind == "causal" and self._supports_logits_to_keep:
+            # generate() asks for logits_to_keep=1; at prefill that is the non-contiguous view
+            # hidden[:, -1:] and hits the same batch-expanded vocab projection as in forward (see
+            # keep_positions). An index tensor selects the same position, contiguously.
+            generate_kwargs.setdefault("logits_to_keep", torch.tensor([-1], device=p.inputs_embeds.device))
         return self.base_model.generate(
             inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask, **generate_kwargs
         )

@@ -33,6 +33,15 @@ def _keep(labels: torch.Tensor) -> int:
     return labels.shape[1] - max(first, 1) + 1
 
 
+def _keep_arg(model, keep: int, length: int, device):
+    """DePTModel takes a count (it knows its own sequence length); plain transformers models get
+    the positions as an index tensor, which avoids the slow path `keep_positions` explains."""
+    from dept.model import DePTModel, keep_positions
+
+    inner = getattr(model, "module", model)  # DDP wraps the model it runs
+    return keep if isinstance(inner, DePTModel) else keep_positions(keep, length, device)
+
+
 def label_count(batch: dict, kind: str) -> int:
     """How many targets `lm_loss(..., reduction="sum")` adds up for this batch."""
     labels = batch["labels"]
@@ -48,7 +57,8 @@ def lm_loss(model, batch: dict, kind: str, reduction: str = "mean") -> torch.Ten
     if kind == "causal":
         labels = batch["labels"]
         keep = _keep(labels)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       logits_to_keep=_keep_arg(model, keep, labels.shape[1], labels.device)).logits
         logits, targets = logits[:, -keep:][:, :-1], labels[:, labels.shape[1] - keep + 1 :]
     else:
         call = {k: v for k, v in batch.items() if k != "labels" or kind == "seq2seq"}
@@ -116,8 +126,9 @@ def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad_id: int, device
         encoded = [Encoded(r.source + list(r.prefix), []) for r in rows]
         batch = pad_batch(encoded, kind, pad_id)
         keep = max(len(r.prefix) for r in rows) + 1
+        width = batch["input_ids"].shape[1]
         logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                       logits_to_keep=keep).logits[:, -keep:]
+                       logits_to_keep=_keep_arg(model, keep, width, device)).logits[:, -keep:]
         lp = logits.float().log_softmax(-1)
         return [lp[i, keep - 1 - len(r.prefix) :] for i, r in enumerate(rows)]
     from dept.data import Encoded
