@@ -52,6 +52,14 @@ def model_kind(model: PreTrainedModel) -> Kind:
     )
 
 
+def logits_needed(labels: torch.Tensor) -> int:
+    """Logits from one slot before the first labelled position to the end: all a causal loss
+    uses when rows are left-padded."""
+    labelled = (labels != -100).any(0).nonzero()
+    first = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
+    return labels.shape[1] - max(first, 1) + 1
+
+
 def keep_positions(keep: int, total: int, device) -> int | torch.Tensor:
     """`logits_to_keep` for the backbone: the last `keep` positions as an index tensor.
 
@@ -223,7 +231,7 @@ class DePTModel(nn.Module):
         labels = None if labels is None else p.carry(labels, -100)
         total = p.inputs_embeds.shape[1]
         if logits_to_keep is None:
-            logits_to_keep = total if labels is None else self._logits_needed(labels)
+            logits_to_keep = total if labels is None else logits_needed(labels)
         call = dict(inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask, position_ids=p.position_ids, **kwargs)
         if self._supports_logits_to_keep:
             call["logits_to_keep"] = keep_positions(logits_to_keep, total, p.inputs_embeds.device)
@@ -242,13 +250,6 @@ class DePTModel(nn.Module):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
-
-    @staticmethod
-    def _logits_needed(labels: torch.Tensor) -> int:
-        """Logits from one slot before the first labelled token to the end: all the loss uses."""
-        labelled = (labels != -100).any(0).nonzero()
-        first = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
-        return labels.shape[1] - max(first, 1) + 1
 
     @torch.no_grad()
     def generate(

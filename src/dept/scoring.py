@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dept.data import encode, pad_batch, target_ids
+from dept.model import DePTModel, keep_positions, logits_needed
 
 logger = logging.getLogger(__name__)
 
@@ -26,18 +27,9 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def _keep(labels: torch.Tensor) -> int:
-    """Logits from one slot before the first labelled position to the end (left-padded rows)."""
-    labelled = (labels != -100).any(0).nonzero()
-    first = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
-    return labels.shape[1] - max(first, 1) + 1
-
-
 def _keep_arg(model, keep: int, length: int, device):
     """DePTModel takes a count (it knows its own sequence length); plain transformers models get
     the positions as an index tensor, which avoids the slow path `keep_positions` explains."""
-    from dept.model import DePTModel, keep_positions
-
     inner = getattr(model, "module", model)  # DDP wraps the model it runs
     return keep if isinstance(inner, DePTModel) else keep_positions(keep, length, device)
 
@@ -56,7 +48,7 @@ def lm_loss(model, batch: dict, kind: str, reduction: str = "mean") -> torch.Ten
     computed."""
     if kind == "causal":
         labels = batch["labels"]
-        keep = _keep(labels)
+        keep = logits_needed(labels)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        logits_to_keep=_keep_arg(model, keep, labels.shape[1], labels.device)).logits
         logits, targets = logits[:, -keep:][:, :-1], labels[:, labels.shape[1] - keep + 1 :]
