@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from dept.data import encode, pad_batch, target_ids
+from dept.data import Encoded, encode, pad_batch, target_ids
 from dept.model import DePTModel, keep_positions, logits_needed
 
 logger = logging.getLogger(__name__)
@@ -113,8 +113,6 @@ def _decoder_start(model) -> int:
 def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad_id: int, device, start_id: int) -> list[torch.Tensor]:
     """For each row, log-softmax at the p+1 positions that predict prefix tokens then the last token."""
     if kind == "causal":
-        from dept.data import Encoded
-
         encoded = [Encoded(r.source + list(r.prefix), []) for r in rows]
         batch = pad_batch(encoded, kind, pad_id)
         keep = max(len(r.prefix) for r in rows) + 1
@@ -123,8 +121,6 @@ def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad_id: int, device
                        logits_to_keep=_keep_arg(model, keep, width, device)).logits[:, -keep:]
         lp = logits.float().log_softmax(-1)
         return [lp[i, keep - 1 - len(r.prefix) :] for i, r in enumerate(rows)]
-    from dept.data import Encoded
-
     batch = pad_batch([Encoded(r.source, []) for r in rows], kind, pad_id)
     width = max(len(r.prefix) for r in rows) + 1
     decoder = torch.tensor([[start_id, *r.prefix] + [pad_id] * (width - 1 - len(r.prefix)) for r in rows])
