@@ -41,6 +41,11 @@ def encode(tokenizer, source: str, target: Optional[str], kind: str, max_length:
     return Encoded(source_ids, answer)
 
 
+def pad_id(tokenizer) -> int:
+    """The id padding slots hold; they are masked out, so any id works when there is none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def _eos(tokenizer) -> list[int]:
     return [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
 

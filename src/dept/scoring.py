@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from dept.data import Encoded, encode, pad_batch, target_ids
+from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
 from dept.model import DePTModel, keep_positions, logits_needed
 
 logger = logging.getLogger(__name__)
@@ -91,10 +91,9 @@ def rank_scores(
         src = encode(tokenizer, source, None, kind, max_length - (longest if kind == "causal" else 0)).input_ids
         rows += [_Row(i, src, prefix, members) for prefix, members in groups.items()]
     scores = torch.full((len(sources), len(candidates)), float("-inf"))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for chunk in _chunks(rows, batch_size):
         with autocast(device, precision):
-            logprobs = _prefix_logprobs(model, chunk, kind, pad_id, device, _decoder_start(model))
+            logprobs = _prefix_logprobs(model, chunk, kind, pad_id(tokenizer), device, _decoder_start(model))
         for row, lp in zip(chunk, logprobs):
             p = len(row.prefix)
             prefix_score = sum(float(lp[k, t]) for k, t in enumerate(row.prefix))
@@ -110,20 +109,20 @@ def _decoder_start(model) -> int:
     return 0 if start is None else start
 
 
-def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad_id: int, device, start_id: int) -> list[torch.Tensor]:
+def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, start_id: int) -> list[torch.Tensor]:
     """For each row, log-softmax at the p+1 positions that predict prefix tokens then the last token."""
     if kind == "causal":
         encoded = [Encoded(r.source + list(r.prefix), []) for r in rows]
-        batch = pad_batch(encoded, kind, pad_id)
+        batch = pad_batch(encoded, kind, pad)
         keep = max(len(r.prefix) for r in rows) + 1
         width = batch["input_ids"].shape[1]
         logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                        logits_to_keep=_keep_arg(model, keep, width, device)).logits[:, -keep:]
         lp = logits.float().log_softmax(-1)
         return [lp[i, keep - 1 - len(r.prefix) :] for i, r in enumerate(rows)]
-    batch = pad_batch([Encoded(r.source, []) for r in rows], kind, pad_id)
+    batch = pad_batch([Encoded(r.source, []) for r in rows], kind, pad)
     width = max(len(r.prefix) for r in rows) + 1
-    decoder = torch.tensor([[start_id, *r.prefix] + [pad_id] * (width - 1 - len(r.prefix)) for r in rows])
+    decoder = torch.tensor([[start_id, *r.prefix] + [pad] * (width - 1 - len(r.prefix)) for r in rows])
     logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                    decoder_input_ids=decoder.to(device)).logits
     lp = logits.float().log_softmax(-1)
@@ -136,9 +135,8 @@ def classifier_scores(model, tokenizer, sources: Sequence[str], max_length: int,
     """Encoder classifiers: log-softmax of the head's logits."""
     device = next(model.parameters()).device
     out = []
-    pad_id = tokenizer.pad_token_id or 0
     for chunk in _chunks(list(sources), batch_size):
-        batch = pad_batch([encode(tokenizer, s, None, "classification", max_length) for s in chunk], "classification", pad_id)
+        batch = pad_batch([encode(tokenizer, s, None, "classification", max_length) for s in chunk], "classification", pad_id(tokenizer))
         with autocast(device, precision):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         out.append(logits.float().log_softmax(-1).cpu())
@@ -150,14 +148,13 @@ def generate_texts(model, tokenizer, kind: str, sources: Sequence[str], max_leng
                    batch_size: int = 16, precision: str = "fp32") -> list[str]:
     """Greedy generation, the paper's protocol (max 20 new tokens, exact string match)."""
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     texts: list[str] = []
     for chunk in _chunks(list(sources), batch_size):
         batch = pad_batch([encode(tokenizer, s, None, kind, max_length - max_new_tokens * (kind == "causal"))
-                           for s in chunk], kind, pad_id)
+                           for s in chunk], kind, pad_id(tokenizer))
         with autocast(device, precision):
             out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer))
         if kind == "causal" and out.shape[1] > max_new_tokens:  # plain HF models echo the input
             out = out[:, batch["input_ids"].shape[1]:]
         texts += tokenizer.batch_decode(out, skip_special_tokens=True)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from dept import methods
 from dept.backbones import load_backbone
-from dept.data import encode, pad_batch
+from dept.data import encode, pad_batch, pad_id
 from dept.model import model_kind
 from dept.optim import create_scheduler
 from dept.scoring import autocast, evaluate, label_count, lm_loss
@@ -171,10 +171,9 @@ class Run:
         return encode(self.tokenizer, example.source, example.target, self.kind, self.opts.method.max_length), None
 
     def _batch(self, rows: list[int]) -> dict:
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         items = [self.encoded[i] for i in rows]
         labels = [lab for _, lab in items] if self.kind == "classification" else None
-        batch = pad_batch([enc for enc, _ in items], self.kind, pad_id, labels)
+        batch = pad_batch([enc for enc, _ in items], self.kind, pad_id(self.tokenizer), labels)
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
     @property
