@@ -78,6 +78,25 @@ def test_killed_run_resumes_to_the_same_adapter(tiny_setup, tmp_path, monkeypatc
         assert torch.equal(straight[key], resumed[key]), key
 
 
+def test_resume_keeps_zero_shot_and_logs_each_step_once(tiny_setup, tmp_path, monkeypatch):
+    original = Run._log
+
+    def log_then_die(self, record):
+        original(self, record)
+        if record["step"] == 5 and "loss" in record:
+            raise KeyboardInterrupt("killed two steps after the checkpoint at step 3")
+
+    monkeypatch.setattr(Run, "_log", log_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        Run(options(tiny_setup, tmp_path, zero_shot=True, log_every=1)).fit()
+    monkeypatch.setattr(Run, "_log", original)
+    results = Run(options(tiny_setup, tmp_path, zero_shot=True, log_every=1, resume=True)).fit()
+
+    assert {"zero_shot_validation", "zero_shot_test"} <= set(results)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
 def test_gradient_accumulation_equals_the_full_batch(tiny_setup, tmp_path):
     Run(options(tiny_setup, tmp_path / "full", max_steps=3)).fit()
     Run(options(tiny_setup, tmp_path / "accum", max_steps=3, batch_size=2, grad_accum=2)).fit()

@@ -122,6 +122,14 @@ def _atomic_dir(target: Path, write) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _trim_log(path: Path, step: int) -> None:
+    """Drop what a killed run logged after its last checkpoint (all of it for a fresh run)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
 def _restorable(target: Path) -> Optional[Path]:
     old = target.with_name(f".{target.name}.old")
     return target if target.exists() else (old if old.exists() else None)
@@ -162,7 +170,8 @@ class Run:
         warmup = opts.warmup_steps if opts.warmup_steps is not None else min(500, opts.max_steps // 10)
         self.scheduler = create_scheduler(self.optimizer, warmup, opts.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        self.state: dict[str, Any] = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "train_seconds": 0.0}
+        self.state: dict[str, Any] = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "train_seconds": 0.0,
+                                      "zero_shot": None}
 
     # ----- pieces ------------------------------------------------------------------------------
     def _encode(self, example):
@@ -255,12 +264,15 @@ class Run:
         if self.accelerator.is_main_process:
             (self.out / RUN_FILE).write_text(json.dumps(_jsonable(opts), indent=2))
         resumed = opts.resume and self._restore()
-        if not resumed and self.accelerator.is_main_process:
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
-        zero_shot = None
+        if self.accelerator.is_main_process:
+            _trim_log(self.out / "metrics.jsonl", self.state["step"])
         if opts.zero_shot and not resumed and self.accelerator.is_main_process:
-            zero_shot = self._evaluate(self.val_set, model=self.backbone)
-            logger.info("zero-shot %s", zero_shot)
+            # Before any step: LoRA and full fine-tuning change the backbone in place.
+            zero_shot = {"validation": self._evaluate(self.val_set, model=self.backbone)}
+            if opts.test and self.test_set:
+                zero_shot["test"] = self._evaluate(self.test_set, model=self.backbone)
+            self.state["zero_shot"] = zero_shot
+            logger.info("zero-shot %s", zero_shot["validation"])
         device = self.accelerator.device
         bar = tqdm(total=opts.max_steps, initial=self.state["step"], desc=f"{opts.method.method} {opts.task}",
                    disable=not self.accelerator.is_main_process)
@@ -315,9 +327,9 @@ class Run:
                     logger.info("early stop at step %d: no gain in %d evaluations", step, opts.patience)
                     stop = True
         bar.close()
-        return self._finish(zero_shot, device)
+        return self._finish(device)
 
-    def _finish(self, zero_shot, device) -> dict:
+    def _finish(self, device) -> dict:
         results: dict[str, Any] = {}
         if self.accelerator.is_main_process:
             best = _restorable(self.out / BEST)
@@ -331,13 +343,14 @@ class Run:
                 "best_step": self.state["best_step"], "precision": self.precision, "scoring": self.opts.scoring,
                 "processes": self.accelerator.num_processes,
             }
-            if zero_shot is not None:
-                results["zero_shot_validation"] = zero_shot
+            zero_shot = self.state.get("zero_shot") or {}
+            if "validation" in zero_shot:
+                results["zero_shot_validation"] = zero_shot["validation"]
             results["validation"] = self.state.get("best_metrics")
             if self.opts.test and self.test_set:
                 results["test"] = self._evaluate(self.test_set)
-                if zero_shot is not None:
-                    results["zero_shot_test"] = self._evaluate(self.test_set, model=self.backbone)
+                if "test" in zero_shot:
+                    results["zero_shot_test"] = zero_shot["test"]
             (self.out / "results.json").write_text(json.dumps(results, indent=2))
             from dept.plots import training_curve
 
