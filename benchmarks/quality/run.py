@@ -86,12 +86,15 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    repo = Path(__file__).resolve().parents[2]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DEPT_DATA_DIR", repo.parent / "shared" / "data")))
-    parser.add_argument("--out", type=Path, default=repo / "benchmarks" / "quality")
-    parser.add_argument("--runs", type=Path, default=repo / "runs" / "quality", help="Checkpoints (not committed).")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The suite's settings; sweep.py reuses them so a sweep differs only in what it varies."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DEPT_DATA_DIR", REPO.parent / "shared" / "data")))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "quality", help="Checkpoints (not committed).")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -103,7 +106,11 @@ def main() -> None:
     parser.add_argument("--lr-lowrank", type=float, default=1e-3)
     parser.add_argument("--lr-lora", type=float, default=5e-4)
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n\n")[0]).parse_args()
     if not args.data_dir.is_dir():
         sys.exit(f"GLUE data not found at {args.data_dir}; pass --data-dir or set DEPT_DATA_DIR.")
     results: dict = {}
