@@ -49,16 +49,17 @@ def run_one(task: str, method: str, args) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| task (test metric) | method | score | trainable params | train time (s) | peak RSS (MB) |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| task (metric) | method | test | validation | trainable params | train time (s) | peak RSS (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for task, runs in results.items():
         metric = next(iter(runs.values()))["main_metric"]
-        zero = runs.get("pt", {}).get("zero_shot_test")
-        if zero:
-            lines.append(f"| {task} ({metric}) | zero-shot | {zero[metric]:.1f} | 0 | - | - |")
+        pt = runs.get("pt", {})
+        if "zero_shot_test" in pt:
+            lines.append(f"| {task} ({metric}) | zero-shot | {pt['zero_shot_test'][metric]:.1f} | "
+                         f"{pt['zero_shot_validation'][metric]:.1f} | 0 | - | - |")
         for method, r in runs.items():
-            lines.append(f"| {task} ({metric}) | {LABELS[method]} | {r['test'][metric]:.1f} | {r['trainable_parameters']:,} | "
-                         f"{r['train_seconds']:.0f} | {r['peak_memory_mb']:.0f} |")
+            lines.append(f"| {task} ({metric}) | {LABELS[method]} | {r['test'][metric]:.1f} | {r['validation'][metric]:.1f} | "
+                         f"{r['trainable_parameters']:,} | {r['train_seconds']:.0f} | {r['peak_memory_mb']:.0f} |")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from run import REPO, parser, run_one
 
 PT_PROMPT_LRS = [3e-2, 1e-1, 3e-1]
 SETTINGS = ("model", "steps", "batch_size", "eval_samples", "test_samples", "lr_prompt", "lr_lowrank")
-DEPT_GRID = list(itertools.product([3e-2, 1e-1, 3e-1], [1e-4, 1e-3, 1e-2]))  # (lr_prompt, lr_lowrank)
+DEPT_GRID = list(itertools.product([3e-2, 1e-1, 3e-1], [1e-3, 1e-2]))  # (lr_prompt, lr_lowrank)
 
 
 def main() -> None:
