@@ -1,8 +1,9 @@
-"""Probe for the SST-2 gap in results.md: DePT's low-rank update is indexed by token position, and
-SST-2's training phrases are short (median 10 tokens) while its test sentences are long (median
-24). Rows of A past the lengths seen in training never get a gradient, yet they still multiply the
-trained B. This scores the suite's adapters on test by input length, and DePT once more with the
-update cut off at `--cutoff` positions (rows of A beyond it set to zero).
+"""Tests one explanation of DePT's SST-2 test gap in results.md. DePT's low-rank update is indexed
+by token position; SST-2's training phrases are short (median 10 tokens), its test sentences long
+(median 24), so rows of A past the training lengths get no gradient yet still multiply the trained
+B. If that were the cause, DePT would trail PT mostly on long test inputs and recover with those
+rows zeroed. This scores the adapters on test by input length, and DePT once more with the update
+cut off at `--cutoff` positions. (Measured: it is not the cause; see length_probe.md.)
 
     .venv/bin/python benchmarks/quality/length_probe.py --data-dir ../shared/data
 """
