@@ -114,6 +114,7 @@ def main() -> None:
     args = parser(__doc__.split("\n\n")[0]).parse_args()
     if not args.data_dir.is_dir():
         sys.exit(f"GLUE data not found at {args.data_dir}; pass --data-dir or set DEPT_DATA_DIR.")
+    args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     for task in args.tasks:
         for method in args.methods:
