@@ -23,9 +23,9 @@ from dept.tasks import get_task
 REPO = Path(__file__).resolve().parents[2]
 
 
-def accuracy(predictions, examples, keep) -> float:
+def accuracy(task, predictions, examples, keep) -> float:
     picked = [(p, e) for p, e, k in zip(predictions, examples, keep) if k]
-    return 100.0 * sum(p == e.label for p, e in picked) / max(len(picked), 1)
+    return task.metrics([p for p, _ in picked], [e for _, e in picked])["accuracy"]
 
 
 def main() -> None:
@@ -52,8 +52,9 @@ def main() -> None:
                     model.adapters[model.active_adapter].lora_embedding_A[cutoff:] = 0
             _, predictions = evaluate(model, tokenizer, "causal", task, test, 256, batch_size=32, precision="bf16")
             rows.append({"adapter": str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder),
-                         "variant": name, "all": accuracy(predictions, test, [True] * len(test)),
-                         "short": accuracy(predictions, test, [not x for x in long]), "long": accuracy(predictions, test, long)})
+                         "variant": name, "all": accuracy(task, predictions, test, [True] * len(test)),
+                         "short": accuracy(task, predictions, test, [not x for x in long]),
+                         "long": accuracy(task, predictions, test, long)})
             print(rows[-1], flush=True)
     lines = [f"SST-2 test accuracy by input length (short: <= {args.cutoff} tokens, {long.count(False)} examples; "
              f"long: {long.count(True)} examples)", "",

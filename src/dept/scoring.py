@@ -148,13 +148,14 @@ def generate_texts(model, tokenizer, kind: str, sources: Sequence[str], max_leng
                    batch_size: int = 16, precision: str = "fp32") -> list[str]:
     """Greedy generation, the paper's protocol (max 20 new tokens, exact string match)."""
     device = next(model.parameters()).device
+    pad = pad_id(tokenizer)
     texts: list[str] = []
     for chunk in _chunks(list(sources), batch_size):
         batch = pad_batch([encode(tokenizer, s, None, kind, max_length - max_new_tokens * (kind == "causal"))
-                           for s in chunk], kind, pad_id(tokenizer))
+                           for s in chunk], kind, pad)
         with autocast(device, precision):
             out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer))
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
         if kind == "causal" and out.shape[1] > max_new_tokens:  # plain HF models echo the input
             out = out[:, batch["input_ids"].shape[1]:]
         texts += tokenizer.batch_decode(out, skip_special_tokens=True)
