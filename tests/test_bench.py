@@ -151,7 +151,7 @@ def test_loss_logits_reach_the_output_projection_contiguous():
     from conftest import tiny_llama
 
     from dept import DePTConfig, DePTModel
-    from dept.model import keep_positions
+    from dept.loss import keep_positions, logits_needed
 
     assert keep_positions(1, 10, "cpu") == 1 and keep_positions(10, 10, "cpu") == 10
     assert keep_positions(3, 10, "cpu").tolist() == [7, 8, 9]
@@ -161,7 +161,7 @@ def test_loss_logits_reach_the_output_projection_contiguous():
     mask = (ids != 0).long()
     labels = torch.full_like(ids, -100)
     labels[:, -2:] = ids[:, -2:]
-    out = dm(input_ids=ids, attention_mask=mask, labels=labels)
+    out = dm(input_ids=ids, attention_mask=mask, labels=labels, logits_to_keep=logits_needed(labels))
     assert seen[-1].shape[1] == 3 and seen[-1].is_contiguous()
     full = dm(input_ids=ids, attention_mask=mask, logits_to_keep=0).logits
     torch.testing.assert_close(out.logits, full[:, -3:])

@@ -71,9 +71,11 @@ def test_resuming_continues_from_the_saved_tensors(tmp_path):
     dm = DePTModel(tiny_llama(), CFG)
     opt = create_optimizer(dm, 0.3, 1e-2)
     ids, mask = batch()
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :2] = -100  # the source: where the offsets go
     for _ in range(3):
         opt.zero_grad()
-        dm(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        dm(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         opt.step()
     dm.save_pretrained(tmp_path)
     resumed = DePTModel.from_pretrained(tiny_llama(), tmp_path, is_trainable=True)
@@ -82,7 +84,7 @@ def test_resuming_continues_from_the_saved_tensors(tmp_path):
         assert torch.equal(value, saved[key])
     assert resumed.num_trainable_parameters() == dm.num_trainable_parameters()
     opt2 = create_optimizer(resumed, 0.3, 1e-2)
-    resumed(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+    resumed(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     opt2.step()
     assert not torch.equal(resumed.adapters["default"].lora_embedding_B, saved["lora_embedding_B"])
 

@@ -101,7 +101,8 @@ def test_encoder_classifier_trains_prompt_and_head():
     ids, mask = batch()
     out = dm(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2]), token_type_ids=torch.zeros_like(ids))
     out.loss.backward()
-    assert dm.head_names and all(dict(model.named_parameters())[n].grad is not None for n in dm.head_names)
+    head = {n: p for n, p in dm.adapters["default"].named_parameters() if n.startswith("head.")}
+    assert head and all(p.grad is not None for p in head.values())
     assert dm.adapters["default"].lora_embedding_B.grad is not None
     assert model.bert.embeddings.word_embeddings.weight.grad is None
     alone = dm(input_ids=ids[1:, :3]).logits

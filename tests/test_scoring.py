@@ -5,7 +5,8 @@ import torch
 
 from dept import DePTConfig, DePTModel
 from dept.data import encode, pad_batch, target_ids
-from dept.scoring import candidates_for, lm_loss, rank_scores
+from dept.loss import lm_loss
+from dept.scoring import candidates_for, rank_scores
 from dept.tasks import get_task
 from tiny import make_tiny_llama, make_tiny_t5, make_tiny_tokenizer
 
@@ -21,13 +22,19 @@ def models():
     return [("causal", llama, tok), ("seq2seq", t5, t5_tok)]
 
 
+def wrapped(model) -> bool:
+    return isinstance(model, DePTModel)
+
+
 def brute_force(model, tok, kind, source, candidate):
     """Full-sequence log-probability of one candidate, one forward per candidate."""
     enc = encode(tok, source, None, kind, 64)
     cand = target_ids(tok, candidate, kind)
     if kind == "causal":
         ids = torch.tensor([enc.input_ids + cand])
-        logprobs = model(input_ids=ids).logits[0, -len(cand) - 1 : -1].float().log_softmax(-1)
+        # DePT offsets the source only: the candidate is an answer, not input.
+        source_only = {"source_mask": torch.tensor([[1] * len(enc.input_ids) + [0] * len(cand)])} if wrapped(model) else {}
+        logprobs = model(input_ids=ids, **source_only).logits[0, -len(cand) - 1 : -1].float().log_softmax(-1)
     else:
         start = model.config.decoder_start_token_id
         logprobs = model(input_ids=torch.tensor([enc.input_ids]),

@@ -8,7 +8,7 @@ import torch
 from dept import DePTConfig, DePTModel, load_backbone
 from dept.data import encode, pad_batch
 from dept.optim import create_optimizer, create_scheduler
-from dept.scoring import lm_loss
+from dept.loss import lm_loss
 
 pytestmark = [
     pytest.mark.slow,

@@ -14,16 +14,13 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from dept.config import OFFICIAL_INIT_TEXT, DePTConfig
-
-if TYPE_CHECKING:
-    from dept.model import DePTModel
-    from dept.prompt import DePTAdapter
+from dept.prompt import DePTAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -61,25 +58,6 @@ def write_adapter(path: str | Path, config: DePTConfig, tensors: dict[str, torch
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
     _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
-
-
-def backbone_info(model: "DePTModel") -> dict[str, Any]:
-    cfg = model.base_model.config
-    return {
-        "model_type": getattr(cfg, "model_type", None),
-        "hidden_size": model.hidden_size,
-        "vocab_size": model.vocab_size,
-        "name_or_path": getattr(cfg, "_name_or_path", None),
-        "kind": model.kind,
-    }
-
-
-def save_adapter(model: "DePTModel", name: str, path: str | Path) -> None:
-    adapter = model.adapters[name]
-    tensors = dict(adapter.state_dict())
-    params = dict(model.base_model.named_parameters())
-    tensors.update({f"head.{n}": params[n] for n in model.head_names})
-    write_adapter(path, adapter.config, tensors, backbone_info(model))
 
 
 def read_adapter(path: str | Path) -> tuple[DePTConfig, dict[str, torch.Tensor], dict[str, Any]]:
@@ -163,19 +141,19 @@ def _from_peft_prompt_tuning(meta: dict, weights: dict[str, torch.Tensor]):
     return config, {"prompt_embeddings": prompt[:m]}, backbone
 
 
-def check_backbone(saved: dict[str, Any], model: "DePTModel", path: Path) -> None:
-    for field, actual in (("hidden_size", model.hidden_size), ("vocab_size", model.vocab_size), ("kind", model.kind)):
+def check_backbone(saved: dict[str, Any], actual: dict[str, Any], path: Path) -> None:
+    """Refuse an adapter saved on a backbone of another shape or kind, naming both."""
+    for field in ("hidden_size", "vocab_size", "kind"):
         expected = saved.get(field)
-        if expected is not None and expected != actual:
+        if expected is not None and expected != actual[field]:
             raise ValueError(
                 f"Adapter at {path} was trained on a backbone with {field}={expected} "
-                f"({saved.get('name_or_path') or 'unknown backbone'}), but this backbone has {field}={actual} "
-                f"({getattr(model.base_model.config, '_name_or_path', '') or type(model.base_model).__name__}). "
-                "Load it onto the backbone it was trained with."
+                f"({saved.get('name_or_path') or 'unknown backbone'}), but this backbone has {field}={actual[field]} "
+                f"({actual.get('name_or_path') or actual.get('model_type')}). Load it onto the backbone it was trained with."
             )
 
 
-def _check_shapes(config: DePTConfig, tensors: dict[str, torch.Tensor], hidden: int, path: Path) -> None:
+def check_shapes(config: DePTConfig, tensors: dict[str, torch.Tensor], hidden: int, path: Path) -> None:
     expected = {
         "prompt_embeddings": (config.prompt_length, hidden),
         "lora_embedding_A": (config.max_length, config.rank),
@@ -190,44 +168,36 @@ def _check_shapes(config: DePTConfig, tensors: dict[str, torch.Tensor], hidden: 
             )
 
 
-def load_adapter(model: "DePTModel", path: str | Path, name: str, is_trainable: bool) -> "DePTAdapter":
-    path = Path(path)
-    config, tensors, backbone = read_adapter(path)
-    check_backbone(backbone, model, path)
-    _check_shapes(config, tensors, model.hidden_size, path)
-    adapter = model.add_adapter(name, config, prompt_init=tensors["prompt_embeddings"])
+def fill_adapter(adapter: DePTAdapter, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy saved tensors into an adapter in place (so an optimizer keeps pointing at its
+    parameters). Tensors a checkpoint lacks keep their fresh init: the official B = 0, a
+    classifier's untrained head."""
+    state = adapter.state_dict()
+    for key, value in tensors.items():
+        if key not in state or state[key].shape != value.shape:
+            have = tuple(state[key].shape) if key in state else "no such tensor"
+            raise ValueError(f"Checkpoint {path} tensor {key!r} {tuple(value.shape)} does not fit this adapter ({have}); "
+                             "was it saved for another backbone or head?")
+    missing = sorted(k for k in state if k.startswith("head.") and k not in tensors)
+    if missing:
+        logger.warning("Checkpoint %s has no classifier head (%s); the head keeps its fresh init.", path, missing)
     with torch.no_grad():
-        for key in ("lora_embedding_A", "lora_embedding_B"):
-            if key in tensors:
-                getattr(adapter, key).copy_(tensors[key])
-        params = dict(model.base_model.named_parameters())
         for key, value in tensors.items():
-            if key.startswith("head."):
-                target = params.get(key[len("head.") :])
-                if target is None or target.shape != value.shape:
-                    raise ValueError(f"Checkpoint {path} head tensor {key!r} does not fit this backbone's head.")
-                target.copy_(value)
-    if is_trainable:
-        model.set_adapter(name)
-    else:
-        adapter.requires_grad_(False)
-    return adapter
+            state[key].copy_(value)
 
 
 def convert_official(src_dir: str | Path, dst_dir: str | Path) -> DePTConfig:
     """Convert an official DePT checkpoint (pickled .bin) into dept's safetensors format."""
     config, tensors, backbone = read_adapter(src_dir)
     if "lora_embedding_A" not in tensors and config.rank:
-        from dept.prompt import DePTAdapter
-
         fresh = DePTAdapter(config, tensors["prompt_embeddings"].shape[1], tensors["prompt_embeddings"])
         tensors = dict(fresh.state_dict())
     write_adapter(dst_dir, config, tensors, backbone)
     return config
 
 
-def export_peft(model: "DePTModel", path: str | Path, adapter_name: Optional[str] = None) -> None:
-    """Write an r=0 adapter as a PEFT PROMPT_TUNING adapter that `PeftModel.from_pretrained` loads."""
+def export_peft(model, path: str | Path, adapter_name: Optional[str] = None) -> None:
+    """Write a DePTModel's r=0 adapter as a PEFT PROMPT_TUNING adapter that `PeftModel.from_pretrained` loads."""
     from peft import PromptTuningConfig, TaskType
 
     name = adapter_name or model.active_adapter

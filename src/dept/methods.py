@@ -89,15 +89,9 @@ def save(opts: MethodOptions, model: nn.Module, path: Path, tokenizer=None) -> N
 def load_weights(opts: MethodOptions, model: nn.Module, path: Path) -> None:
     """Put saved weights back into the model being trained (best checkpoint, resume), in place."""
     if opts.method in ("dept", "pt"):
-        from dept.checkpoint import read_adapter
+        from dept.checkpoint import fill_adapter, read_adapter
 
-        # In place, so the optimizer keeps pointing at the same parameters.
-        _, tensors, _ = read_adapter(path)
-        params = dict(model.adapters[model.active_adapter].named_parameters())
-        params.update({f"head.{n}": p for n, p in model.base_model.named_parameters() if n in model.head_names})
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(tensors[name])
+        fill_adapter(model.adapters[model.active_adapter], read_adapter(path)[1], path)
         return
     from safetensors.torch import load_file
 

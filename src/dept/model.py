@@ -7,19 +7,22 @@ kind (causal LM, encoder-decoder, encoder classifier) is read from its config an
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import logging
+import warnings
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Iterator, Literal, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.auto import modeling_auto
 
+from dept import checkpoint
 from dept.config import DePTConfig
+from dept.loss import causal_loss, keep_positions, logits_needed
 from dept.prompt import AdapterGroup, DePTAdapter, PromptedInputs, initial_prompt, prepend_prompts
 
 logger = logging.getLogger(__name__)
@@ -52,29 +55,27 @@ def model_kind(model: PreTrainedModel) -> Kind:
     )
 
 
-def logits_needed(labels: torch.Tensor) -> int:
-    """Logits from one slot before the first labelled position to the end: all a causal loss
-    uses when rows are left-padded."""
-    labelled = (labels != -100).any(0).nonzero()
-    first = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
-    return labels.shape[1] - max(first, 1) + 1
+def pools_last_token(model: PreTrainedModel) -> bool:
+    """Decoder-only classifiers (Llama, GPT-2, Mistral…) pool the last slot; given `inputs_embeds`
+    they cannot find padding, so their rows must end at the last slot (left padding)."""
+    model_type = getattr(model.config, "model_type", None)
+    return (model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 
-def keep_positions(keep: int, total: int, device) -> int | torch.Tensor:
-    """`logits_to_keep` for the backbone: the last `keep` positions as an index tensor.
-
-    An int makes transformers take the view `hidden[:, -keep:]`, which is not contiguous; a linear
-    layer on it whose weight needs no grad (the frozen output embedding) cannot be folded into one
-    matmul and falls back to a bmm over a batch-expanded copy of the weight (batch×d×vocab: 0.9 GB
-    and ~2.5 s per call for SmolLM2 at batch 16 on CPU). Indexing with a tensor gathers a small
-    contiguous copy instead. 0 (all), 1 and `total` give foldable tensors and stay ints."""
-    if keep <= 1 or keep >= total:
-        return keep
-    return torch.arange(total - keep, total, device=device)
+def _cache_length(cache) -> int:
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    return int(cache[0][0].shape[-2])  # legacy tuple of (key, value) per layer
 
 
 class DePTModel(nn.Module):
-    """A frozen backbone plus named DePT adapters; `adapter_names` picks an adapter per row."""
+    """A frozen backbone plus named DePT adapters; `adapter_names` picks an adapter per row.
+
+    For classifiers, each adapter carries its own copy of the task head (the backbone's own head
+    serves `__base__` rows); forward hooks on the head modules route each row to its adapter's."""
 
     def __init__(
         self,
@@ -86,17 +87,18 @@ class DePTModel(nn.Module):
         super().__init__()
         self.base_model = model
         self.kind: Kind = model_kind(model)
+        self.padding_side = "left" if self.kind == "causal" or pools_last_token(model) else "right"
         self.tokenizer = tokenizer
         for param in model.parameters():
             param.requires_grad_(False)
-        # An encoder classifier's head is task-specific, so it trains (and is saved) with the adapter.
-        self.head_names: list[str] = []
+        self._head_templates: dict[str, nn.Module] = {}
+        self._head_groups: Optional[list[AdapterGroup]] = None
         if self.kind == "classification":
             body = {id(p) for p in model.base_model.parameters()}
-            for name, param in model.named_parameters():
-                if id(param) not in body:
-                    param.requires_grad_(True)
-                    self.head_names.append(name)
+            for name, module in model.named_children():
+                if any(id(p) not in body for p in module.parameters()):
+                    self._head_templates[name] = copy.deepcopy(module)  # copied before the hook exists
+                    module.register_forward_hook(self._route_head(name))
         self.adapters = nn.ModuleDict()
         self.active_adapter = adapter_name
         self._supports_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -129,7 +131,8 @@ class DePTModel(nn.Module):
             prompt_init = initial_prompt(
                 config, self.base_model.get_input_embeddings(), self.vocab_size, self._tokenizer_for(config)
             )
-        adapter = DePTAdapter(config, self.hidden_size, prompt_init)
+        head = {key: copy.deepcopy(template) for key, template in self._head_templates.items()}
+        adapter = DePTAdapter(config, self.hidden_size, prompt_init, head=head)
         weight = self.base_model.get_input_embeddings().weight
         self.adapters[name] = adapter.to(weight.device)
         if len(self.adapters) == 1 or name == self.active_adapter:
@@ -171,6 +174,11 @@ class DePTModel(nn.Module):
 
     def _groups(self, batch: int, adapter_names: Optional[Sequence[str]], device) -> list[AdapterGroup]:
         if adapter_names is None:
+            if self.active_adapter not in self.adapters:
+                raise ValueError(
+                    "This DePTModel has no adapter yet: add one with add_adapter(name, DePTConfig(...)) or "
+                    f"load_adapter(path), or pass adapter_names=[{BASE!r}, ...] to run the plain backbone."
+                )
             return [(self.adapters[self.active_adapter], None)]
         if len(adapter_names) != batch:
             raise ValueError(f"adapter_names has {len(adapter_names)} entries for a batch of {batch} rows.")
@@ -191,22 +199,25 @@ class DePTModel(nn.Module):
         return sum(p.numel() for p in self.trainable_parameters())
 
     # ----- running ----------------------------------------------------------------------------
+    def _prepare(self, input_ids, attention_mask, inputs_embeds, adapter_names, source_mask):
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("Pass input_ids or inputs_embeds.")
+            inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
+        groups = self._groups(inputs_embeds.shape[0], adapter_names, inputs_embeds.device)
+        return prepend_prompts(inputs_embeds, attention_mask, groups, self.padding_side, source_mask), groups
+
     def prompted_inputs(
         self,
         input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         adapter_names: Optional[Sequence[str]] = None,
+        source_mask: Optional[torch.Tensor] = None,
     ) -> PromptedInputs:
-        """The backbone's inputs for a batch. Causal LMs get left padding (text ends at the last
-        slot, ready to generate); encoders get right padding."""
-        if inputs_embeds is None:
-            if input_ids is None:
-                raise ValueError("Pass input_ids or inputs_embeds.")
-            inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
-        groups = self._groups(inputs_embeds.shape[0], adapter_names, inputs_embeds.device)
-        side = "left" if self.kind == "causal" else "right"
-        return prepend_prompts(inputs_embeds, attention_mask, groups, side)
+        """The backbone's inputs for a batch: [P ; E + offsets], left-padded for causal LMs and
+        decoder-only classifiers (text ends at the last slot), right-padded otherwise."""
+        return self._prepare(input_ids, attention_mask, inputs_embeds, adapter_names, source_mask)[0]
 
     def forward(
         self,
@@ -215,41 +226,88 @@ class DePTModel(nn.Module):
         labels: Optional[torch.Tensor] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         adapter_names: Optional[Sequence[str]] = None,
-        logits_to_keep: Optional[int] = None,
+        source_mask: Optional[torch.Tensor] = None,
+        logits_to_keep: int = 0,
         **kwargs,
     ):
-        """Like the backbone's forward. For causal LMs, `labels` align with `input_ids` and the
-        returned logits cover [prompt ; input] laid out left-padded; with labels, only the logits
-        the loss needs are computed unless `logits_to_keep` says otherwise."""
-        p = self.prompted_inputs(input_ids, attention_mask, inputs_embeds, adapter_names)
-        if "token_type_ids" in kwargs and kwargs["token_type_ids"] is not None:
+        """The backbone's forward on [P ; E + offsets]; returns the backbone's own output type.
+
+        Causal LMs: offsets go to the source tokens, i.e. those `source_mask` marks, else those
+        labelled -100, else all (a prompt to continue). `labels` align with `input_ids`. Logits
+        cover every slot of the left-padded [prompt ; input] layout (the last L line up with a
+        left-padded input), or the last `logits_to_keep` slots when that is > 0."""
+        if kwargs.get("position_ids") is not None:
+            raise ValueError("DePTModel sets position_ids itself (the prompt comes first); do not pass position_ids.")
+        kwargs.pop("position_ids", None)
+        self._refuse_filled_cache(kwargs)
+        if self.kind == "causal" and source_mask is None and labels is not None:
+            source_mask = labels == -100
+            if not (source_mask if attention_mask is None else source_mask & attention_mask.bool()).any():
+                warnings.warn("No input token is labelled -100, so no token is source and the low-rank update gets "
+                              "no gradient; label the input -100 or pass source_mask.", stacklevel=2)
+        p, groups = self._prepare(input_ids, attention_mask, inputs_embeds, adapter_names, source_mask)
+        if kwargs.get("token_type_ids") is not None:
             kwargs["token_type_ids"] = p.carry(kwargs["token_type_ids"], 0)
+        call = dict(inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask, **kwargs)
+        if self.padding_side == "left":
+            call["position_ids"] = p.position_ids
         if self.kind != "causal":
-            return self.base_model(
-                inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask, labels=labels, **kwargs
-            )
-        labels = None if labels is None else p.carry(labels, -100)
+            with self._heads(groups):
+                return self.base_model(**call, labels=labels)
         total = p.inputs_embeds.shape[1]
-        if logits_to_keep is None:
-            logits_to_keep = total if labels is None else logits_needed(labels)
-        call = dict(inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask, position_ids=p.position_ids, **kwargs)
         if self._supports_logits_to_keep:
             call["logits_to_keep"] = keep_positions(logits_to_keep, total, p.inputs_embeds.device)
         out = self.base_model(**call)
         logits = out.logits[:, -logits_to_keep:] if logits_to_keep else out.logits
-        loss = None
+        out["logits"] = logits
         if labels is not None:
-            targets = labels[:, total - logits.shape[1] + 1 :]
-            loss = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-            )
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=out.past_key_values,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-        )
+            labels = p.carry(labels, -100)
+            if logits.shape[1] < logits_needed(labels):
+                raise ValueError(
+                    f"logits_to_keep={logits_to_keep} leaves out slots the loss needs; use at least "
+                    f"{logits_needed(labels)} (dept.loss.logits_needed(labels)) or 0 for all."
+                )
+            out["loss"] = causal_loss(logits, labels[:, total - logits.shape[1] :])
+        return out
+
+    def _refuse_filled_cache(self, kwargs: dict) -> None:
+        """A causal cache holds dept's prompted layout; continuing it needs positions and a mask
+        only generate() tracks, so a second forward would silently re-prompt the new tokens."""
+        if self.padding_side != "left":
+            return  # encoder-decoders: the cache is the decoder's, the encoder input is re-prompted as before
+        for name in ("past_key_values", "cache"):
+            if _cache_length(kwargs.get(name)):
+                raise ValueError(
+                    f"DePTModel.forward does not continue from a filled {name}: the cache holds the prompted "
+                    "[P ; input] layout. Use DePTModel.generate() to decode, or run forward on the whole "
+                    "sequence with source_mask marking the input tokens."
+                )
+
+    @contextlib.contextmanager
+    def _heads(self, groups: list[AdapterGroup]) -> Iterator[None]:
+        self._head_groups = groups
+        try:
+            yield
+        finally:
+            self._head_groups = None
+
+    def _route_head(self, name: str):
+        """Forward hook on a classifier's head module: each row gets its adapter's copy of it."""
+
+        def hook(module, args, output):
+            if not self._head_groups:
+                return output  # a call on the plain backbone
+            routed = output
+            for adapter, rows in self._head_groups:
+                if adapter is None:
+                    continue
+                if rows is None:
+                    routed = adapter.head[name](*args)
+                else:
+                    routed = routed.index_put((rows,), adapter.head[name](args[0][rows]).to(routed.dtype))
+            return routed
+
+        return hook
 
     @torch.no_grad()
     def generate(
@@ -260,8 +318,8 @@ class DePTModel(nn.Module):
         **generate_kwargs,
     ) -> torch.Tensor:
         """The backbone's generate() on prompted embeddings, so the KV cache and all decoding
-        options work unchanged; the offsets apply to the given input only (prefill), as in the
-        official code. Causal LMs return only the new tokens."""
+        options work unchanged. The offsets go to the given input (prefill) only, never to
+        generated tokens: the source-only rule of training. Causal LMs return only the new tokens."""
         p = self.prompted_inputs(input_ids, attention_mask, None, adapter_names)
         generate_kwargs.setdefault("pad_token_id", self._pad_token_id())
         if self.kind == "causal" and self._supports_logits_to_keep:
@@ -290,20 +348,38 @@ class DePTModel(nn.Module):
             self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     # ----- checkpoints --------------------------------------------------------------------------
+    def backbone_info(self) -> dict:
+        """What a saved adapter records of its backbone, so loading it elsewhere can be refused."""
+        return {
+            "model_type": getattr(self.base_model.config, "model_type", None),
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+            "name_or_path": getattr(self.base_model.config, "_name_or_path", None),
+            "kind": self.kind,
+        }
+
     def save_pretrained(self, path: str | Path, adapter_names: Optional[Sequence[str]] = None) -> None:
         """The active adapter goes to `path`, every other one to `path/<name>`."""
-        from dept.checkpoint import save_adapter
-
         names = list(adapter_names) if adapter_names is not None else list(self.adapters)
         self._check_names(names)
         for name in names:
             target = Path(path) if name == self.active_adapter else Path(path) / name
-            save_adapter(self, name, target)
+            adapter = self.adapters[name]
+            checkpoint.write_adapter(target, adapter.config, adapter.state_dict(), self.backbone_info())
 
     def load_adapter(self, path: str | Path, adapter_name: str = "default", is_trainable: bool = False) -> DePTAdapter:
-        from dept.checkpoint import load_adapter
-
-        return load_adapter(self, path, adapter_name, is_trainable)
+        """Load an adapter saved by dept, an official DePT checkpoint or a PEFT prompt-tuning adapter."""
+        path = Path(path)
+        config, tensors, backbone = checkpoint.read_adapter(path)
+        checkpoint.check_backbone(backbone, self.backbone_info(), path)
+        checkpoint.check_shapes(config, tensors, self.hidden_size, path)
+        adapter = self.add_adapter(adapter_name, config, prompt_init=tensors["prompt_embeddings"])
+        checkpoint.fill_adapter(adapter, tensors, path)
+        if is_trainable:
+            self.set_adapter(adapter_name)
+        else:
+            adapter.requires_grad_(False)
+        return adapter
 
     @classmethod
     def from_pretrained(

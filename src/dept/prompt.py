@@ -17,16 +17,26 @@ from torch import nn
 
 from dept.config import DePTConfig
 
+# A is drawn from seed + this, P from seed: two streams, so a random P and A are not correlated.
+LOWRANK_SEED_OFFSET = 1_000_003
+
 
 class DePTAdapter(nn.Module):
     """P (m×d), A (s×r), B (r×d), initialised as the official code: A kaiming-uniform, B zeros,
-    so step 0 is exactly prompt tuning with the short prompt."""
+    so step 0 is exactly prompt tuning with the short prompt. `head` holds this adapter's own copy
+    of a classifier's task head (empty for language models)."""
 
-    def __init__(self, config: DePTConfig, hidden_size: int, prompt_init: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        config: DePTConfig,
+        hidden_size: int,
+        prompt_init: Optional[torch.Tensor] = None,
+        head: Optional[dict[str, nn.Module]] = None,
+    ):
         super().__init__()
         self.config = config
-        generator = torch.Generator().manual_seed(config.seed)
         if prompt_init is None:
+            generator = torch.Generator().manual_seed(config.seed)
             prompt_init = torch.randn(config.prompt_length, hidden_size, generator=generator)
         if tuple(prompt_init.shape) != (config.prompt_length, hidden_size):
             raise ValueError(
@@ -35,29 +45,20 @@ class DePTAdapter(nn.Module):
         self.prompt_embeddings = nn.Parameter(prompt_init.detach().clone().float())
         lora_a = torch.empty(config.max_length, config.rank)
         if config.rank:
+            # Its own stream: drawn from the prompt's seed, A would be correlated with a random P.
+            generator = torch.Generator().manual_seed(config.seed + LOWRANK_SEED_OFFSET)
             nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5), generator=generator)
         self.lora_embedding_A = nn.Parameter(lora_a)
         self.lora_embedding_B = nn.Parameter(torch.zeros(config.rank, hidden_size))
-        self._cached_update: Optional[tuple[tuple, torch.Tensor]] = None
+        self.head = nn.ModuleDict(head or {})
 
     @property
     def prompt_length(self) -> int:
         return self.config.prompt_length
 
-    def update_matrix(self) -> torch.Tensor:
-        """(α/√r)·A·B, shape (s, d). Without autograd it is cached until A or B change (their
-        in-place version counters move on every optimizer step and every load)."""
-        a, b = self.lora_embedding_A, self.lora_embedding_B
-        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-            return (a @ b) * self.config.scaling
-        key = (a._version, b._version, a.data_ptr(), b.data_ptr(), torch.is_autocast_enabled(a.device.type))
-        if self._cached_update is None or self._cached_update[0] != key:
-            self._cached_update = (key, (a @ b) * self.config.scaling)
-        return self._cached_update[1]
-
     def offsets(self, positions: torch.Tensor) -> torch.Tensor:
-        """Rows of the update for each token position, (…, L) -> (…, L, d)."""
-        return F.embedding(positions, self.update_matrix())
+        """(α/√r)·A[pos]·B for each token position, (…, L) -> (…, L, d)."""
+        return F.embedding(positions, self.lora_embedding_A) @ self.lora_embedding_B * self.config.scaling
 
 
 @dataclass
@@ -84,51 +85,35 @@ def prepend_prompts(
     attention_mask: Optional[torch.Tensor],
     groups: Sequence[AdapterGroup],
     padding_side: Literal["left", "right"],
+    offset_mask: Optional[torch.Tensor] = None,
 ) -> PromptedInputs:
     """Apply DePT to a batch. `groups` pairs each adapter (None = no adapter) with the rows it
     serves (None = all rows). Each row becomes [P ; E + offsets] with its real tokens contiguous,
-    padded on `padding_side`; so rows of different prompt lengths share one batch."""
-    batch, length, hidden = inputs_embeds.shape
-    if attention_mask is None:
-        mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
-    else:
+    padded on `padding_side`, so rows of different prompt lengths share one batch.
+
+    Offsets go to the tokens `offset_mask` marks (default: every real token), at their position
+    among the row's real tokens: the input a causal LM conditions on, not its answer."""
+    batch, _, hidden = inputs_embeds.shape
+    mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+    if attention_mask is not None:
         mask = attention_mask.to(torch.long)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    longest = int(mask.sum(1).max()) if batch else 0
-    for adapter, _ in groups:
-        if adapter is not None and adapter.config.rank and longest > adapter.config.max_length:
-            raise ValueError(
-                f"Input of {longest} tokens is longer than the adapter's max_length of "
-                f"{adapter.config.max_length}; truncate inputs to max_length (the tokenization helpers do) "
-                "or use an adapter with a larger max_length."
-            )
-    dtype = inputs_embeds.dtype
-    token_mask = mask.unsqueeze(-1).to(dtype)
-    if len(groups) == 1 and groups[0][1] is None:
-        # One adapter for the whole batch: no copies of the prompt, no scatter.
-        adapter = groups[0][0]
+    offset_mask = mask if offset_mask is None else offset_mask.to(torch.long) * mask
+    slots = max((adapter.prompt_length for adapter, _ in groups if adapter is not None), default=0)
+    prompt = inputs_embeds.new_zeros(batch, slots, hidden)
+    prompt_mask = mask.new_zeros(batch, slots)
+    offsets = torch.zeros_like(inputs_embeds)
+    for adapter, rows in groups:
         if adapter is None:
-            prompt = inputs_embeds.new_zeros(batch, 0, hidden)
-        else:
-            prompt = adapter.prompt_embeddings.to(dtype).unsqueeze(0).expand(batch, -1, -1)
-            if adapter.config.rank:
-                inputs_embeds = inputs_embeds + adapter.offsets(positions).to(dtype) * token_mask
-        prompt_mask = mask.new_ones(batch, prompt.shape[1])
-    else:
-        slots = max((a.prompt_length for a, _ in groups if a is not None), default=0)
-        prompt = inputs_embeds.new_zeros(batch, slots, hidden)
-        prompt_mask = mask.new_zeros(batch, slots)
-        offsets = torch.zeros_like(inputs_embeds)
-        for adapter, rows in groups:
-            if adapter is None:
-                continue
-            rows = slice(None) if rows is None else rows
-            m = adapter.prompt_length
-            prompt[rows, slots - m :] = adapter.prompt_embeddings.to(dtype)
-            prompt_mask[rows, slots - m :] = 1
-            if adapter.config.rank:
-                offsets[rows] = adapter.offsets(positions[rows]).to(dtype)
-        inputs_embeds = inputs_embeds + offsets * token_mask
+            continue
+        rows = torch.arange(batch, device=mask.device) if rows is None else rows
+        m = adapter.prompt_length
+        prompt[rows, slots - m :] = adapter.prompt_embeddings.to(prompt.dtype)
+        prompt_mask[rows, slots - m :] = 1
+        if adapter.config.rank and len(rows):
+            _check_length(adapter, positions[rows], offset_mask[rows])
+            offsets = offsets.index_add(0, rows, adapter.offsets(positions[rows]).to(offsets.dtype))
+    inputs_embeds = inputs_embeds + offsets * offset_mask.unsqueeze(-1).to(offsets.dtype)
 
     full_embeds = torch.cat([prompt, inputs_embeds], dim=1)
     full_mask = torch.cat([prompt_mask, mask], dim=1)
@@ -140,8 +125,17 @@ def prepend_prompts(
         attention_mask=compact_mask,
         position_ids=(compact_mask.cumsum(1) - 1).clamp(min=0),
         order=order,
-        prompt_slots=prompt.shape[1],
+        prompt_slots=slots,
     )
+
+
+def _check_length(adapter: DePTAdapter, positions: torch.Tensor, offset_mask: torch.Tensor) -> None:
+    longest = int(((positions + 1) * offset_mask).max())
+    if longest > adapter.config.max_length:
+        raise ValueError(
+            f"Input of {longest} tokens is longer than the adapter's max_length of {adapter.config.max_length}; "
+            "truncate inputs to max_length (the tokenization helpers do) or use an adapter with a larger max_length."
+        )
 
 
 def initial_prompt(config: DePTConfig, embeddings: nn.Module, vocab_size: int, tokenizer=None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Loss and evaluation shared by every method (DePT, PT, LoRA, full fine-tuning, zero-shot).
+"""Evaluation shared by every method (DePT, PT, LoRA, full fine-tuning, zero-shot).
 
 Rank classification scores each label string by its exact log-probability. Candidates that share
 all but their last token are scored by one row (the last position's distribution covers them all),
@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
-from dept.model import DePTModel, keep_positions, logits_needed
+from dept.loss import keep_positions, takes_source_mask
 
 logger = logging.getLogger(__name__)
 
@@ -25,38 +24,6 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _keep_arg(model, keep: int, length: int, device):
-    """DePTModel takes a count (it knows its own sequence length); plain transformers models get
-    the positions as an index tensor, which avoids the slow path `keep_positions` explains."""
-    inner = getattr(model, "module", model)  # DDP wraps the model it runs
-    return keep if isinstance(inner, DePTModel) else keep_positions(keep, length, device)
-
-
-def label_count(batch: dict, kind: str) -> int:
-    """How many targets `lm_loss(..., reduction="sum")` adds up for this batch."""
-    labels = batch["labels"]
-    if kind == "classification":
-        return labels.shape[0]
-    return int((labels[:, 1:] != -100).sum()) if kind == "causal" else int((labels != -100).sum())
-
-
-def lm_loss(model, batch: dict, kind: str, reduction: str = "mean") -> torch.Tensor:
-    """Token loss on the labels. Causal rows are left-padded, so the last L logits of any model
-    (DePT's [prompt ; input] included) line up with the input; only those the loss uses are
-    computed."""
-    if kind == "causal":
-        labels = batch["labels"]
-        keep = logits_needed(labels)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       logits_to_keep=_keep_arg(model, keep, labels.shape[1], labels.device)).logits
-        logits, targets = logits[:, -keep:][:, :-1], labels[:, labels.shape[1] - keep + 1 :]
-    else:
-        call = {k: v for k, v in batch.items() if k != "labels" or kind == "seq2seq"}
-        logits, targets = model(**call).logits, batch["labels"]
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                           reduction=reduction)
 
 
 @dataclass
@@ -112,12 +79,16 @@ def _decoder_start(model) -> int:
 def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, start_id: int) -> list[torch.Tensor]:
     """For each row, log-softmax at the p+1 positions that predict prefix tokens then the last token."""
     if kind == "causal":
-        encoded = [Encoded(r.source + list(r.prefix), []) for r in rows]
-        batch = pad_batch(encoded, kind, pad)
+        # Labels -100 mark the source: a DePT model offsets those tokens only, as in training.
+        encoded = [Encoded(r.source + list(r.prefix), [-100] * len(r.source) + list(r.prefix)) for r in rows]
+        batch = {k: v.to(device) for k, v in pad_batch(encoded, kind, pad).items()}
         keep = max(len(r.prefix) for r in rows) + 1
-        width = batch["input_ids"].shape[1]
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                       logits_to_keep=_keep_arg(model, keep, width, device)).logits[:, -keep:]
+        call = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if takes_source_mask(model):
+            call.update(source_mask=batch["labels"] == -100, logits_to_keep=keep)
+        else:
+            call["logits_to_keep"] = keep_positions(keep, batch["input_ids"].shape[1], device)
+        logits = model(**call).logits[:, -keep:]
         lp = logits.float().log_softmax(-1)
         return [lp[i, keep - 1 - len(r.prefix) :] for i, r in enumerate(rows)]
     batch = pad_batch([Encoded(r.source, []) for r in rows], kind, pad)

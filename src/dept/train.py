@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 from dept import methods
 from dept.backbones import load_backbone
 from dept.data import encode, pad_batch, pad_id
+from dept.loss import label_count, lm_loss
 from dept.model import model_kind
 from dept.optim import create_scheduler
-from dept.scoring import autocast, evaluate, label_count, lm_loss
+from dept.scoring import autocast, evaluate
 
 logger = logging.getLogger(__name__)
 
