@@ -1,6 +1,7 @@
 """DePTModel: a frozen transformers backbone with any number of named DePT adapters.
 
-The backbone is never patched: every call embeds the tokens, lets `prepend_prompts` build the
+The backbone is never patched (a classifier's head modules only get forward hooks that route rows to
+their adapter's head): every call embeds the tokens, lets `prepend_prompts` build the
 prompted embeddings, and hands `inputs_embeds` to the backbone's own forward/generate. The model's
 kind (causal LM, encoder-decoder, encoder classifier) is read from its config and class.
 """
