@@ -7,7 +7,6 @@ so single-token labels cost one forward per example and STS-B's 26 scores cost s
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
@@ -17,14 +16,9 @@ import torch.nn.functional as F
 
 from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
 from dept.model import DePTModel, keep_positions, logits_needed
+from dept.precision import autocast
 
 logger = logging.getLogger(__name__)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _keep_arg(model, keep: int, length: int, device):
