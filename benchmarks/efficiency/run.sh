@@ -12,4 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-.venv/bin/python}"
-exec "$PYTHON" -m dept.bench --suite full --threads 1 --output-dir benchmarks/efficiency "$@"
+# ../shared/data: where this repository finds the original GLUE files (input lengths); targets.json
+# in the output folder gives the pass/fail.
+exec "$PYTHON" -m dept.bench --suite full --threads 1 --data-dir ../shared/data --output-dir benchmarks/efficiency "$@"

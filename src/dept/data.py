@@ -29,14 +29,20 @@ def target_ids(tokenizer, text: str, kind: str) -> list[int]:
 
 def encode(tokenizer, source: str, target: Optional[str], kind: str, max_length: int) -> Encoded:
     """Tokenize one example, truncating the source so source + target fit in `max_length`."""
-    source_ids = tokenizer(source)["input_ids"]
+    answer = [] if target is None else target_ids(tokenizer, target, kind) + _eos(tokenizer)
+    return encode_ids(tokenizer(source)["input_ids"], answer, kind, max_length)
+
+
+def encode_ids(source_ids: Sequence[int], answer: Sequence[int], kind: str, max_length: int) -> Encoded:
+    """One example from token ids (`answer` = target ids + EOS, or empty): causal rows are
+    source + answer with the loss on the answer; otherwise the source, cut to `max_length` keeping
+    its last token (the EOS an encoder was trained with), and the answer as decoder labels."""
+    source_ids, answer = list(source_ids), list(answer)
     if kind == "causal":
-        answer = [] if target is None else target_ids(tokenizer, target, kind) + _eos(tokenizer)
         answer = answer[: max_length - 1]
         source_ids = source_ids[: max_length - len(answer)]
         return Encoded(source_ids + answer, [-100] * len(source_ids) + answer)
-    answer = [] if target is None else target_ids(tokenizer, target, kind) + _eos(tokenizer)
-    if len(source_ids) > max_length:  # keep the trailing </s> the encoder was trained with
+    if len(source_ids) > max_length:
         source_ids = source_ids[: max_length - 1] + source_ids[-1:]
     return Encoded(source_ids, answer)
 
@@ -50,9 +56,12 @@ def _eos(tokenizer) -> list[int]:
     return [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
 
 
-def pad_batch(rows: Sequence[Encoded], kind: str, pad_id: int, label_ids: Optional[Sequence[int]] = None) -> dict:
-    """Stack rows into tensors. `label_ids` replaces text labels for encoder classifiers."""
-    width = max(len(r.input_ids) for r in rows)
+def pad_batch(
+    rows: Sequence[Encoded], kind: str, pad_id: int, label_ids: Optional[Sequence[int]] = None, width: int = 0
+) -> dict:
+    """Stack rows into tensors, padded to the longest row (or to `width` if that is longer).
+    `label_ids` replaces text labels for encoder classifiers."""
+    width = max(width, *(len(r.input_ids) for r in rows))
     left = kind == "causal"
 
     def pad(seq: list[int], value: int, to: int) -> list[int]:

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from dept._extras import requires
 from dept.config import DePTConfig
 from dept.model import DePTModel
 from dept.optim import create_optimizer
@@ -19,6 +20,7 @@ from dept.optim import create_optimizer
 logger = logging.getLogger(__name__)
 
 METHODS = ("dept", "pt", "lora", "full")
+LORA_TARGET_MODULES = "all-linear"
 
 
 @dataclass
@@ -61,15 +63,23 @@ def build(opts: MethodOptions, backbone, tokenizer, kind: str) -> nn.Module:
         hidden = backbone.get_input_embeddings().weight.shape[1]
         return DePTModel(backbone, dept_config(opts, hidden), tokenizer=tokenizer)
     if opts.method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
+        with requires("train"):
+            from peft import get_peft_model
 
-        task_type = {"causal": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM, "classification": TaskType.SEQ_CLS}[kind]
-        config = LoraConfig(task_type=task_type, r=opts.lora_rank, lora_alpha=2 * opts.lora_rank, lora_dropout=0.0,
-                            target_modules="all-linear")
-        return get_peft_model(backbone, config)
+        return get_peft_model(backbone, lora_config(kind, opts.lora_rank))
     for param in backbone.parameters():
         param.requires_grad_(True)
     return backbone
+
+
+def lora_config(kind: str, rank: int):
+    """The LoRA baseline, the same in training and in `dept bench`: rank `rank` on every linear
+    layer of the backbone (peft's "all-linear", output layer excluded), alpha 2r, no dropout."""
+    with requires("train"):
+        from peft import LoraConfig, TaskType
+
+    task_type = {"causal": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM, "classification": TaskType.SEQ_CLS}[kind]
+    return LoraConfig(task_type=task_type, r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGET_MODULES)
 
 
 def optimizer_for(opts: MethodOptions, model: nn.Module) -> torch.optim.Optimizer:

@@ -14,54 +14,21 @@ import inspect
 import logging
 import warnings
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.models.auto import modeling_auto
 
 from dept import checkpoint
 from dept.config import DePTConfig
+from dept.kinds import Kind, model_kind, pools_last_token
 from dept.loss import causal_loss, keep_positions, logits_needed
 from dept.prompt import AdapterGroup, DePTAdapter, PromptedInputs, initial_prompt, prepend_prompts
 
 logger = logging.getLogger(__name__)
 
 BASE = "__base__"  # adapter name for rows that run the plain backbone
-Kind = Literal["causal", "seq2seq", "classification"]
-
-
-def _class_names(mapping: dict) -> set[str]:
-    names: set[str] = set()
-    for value in mapping.values():
-        names.update(value if isinstance(value, (list, tuple)) else [value])
-    return names
-
-
-def model_kind(model: PreTrainedModel) -> Kind:
-    """Which wrapping the backbone needs, from its config and class (never its name)."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        return "seq2seq"
-    cls = type(model).__name__
-    if cls in _class_names(modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES):
-        return "classification"
-    if cls in _class_names(modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) or (
-        model.can_generate() and model.get_output_embeddings() is not None
-    ):
-        return "causal"
-    raise TypeError(
-        f"{cls} is neither an encoder-decoder, a causal LM nor a sequence classifier; load the backbone with "
-        "AutoModelForCausalLM, AutoModelForSeq2SeqLM or AutoModelForSequenceClassification."
-    )
-
-
-def pools_last_token(model: PreTrainedModel) -> bool:
-    """Decoder-only classifiers (Llama, GPT-2, Mistral…) pool the last slot; given `inputs_embeds`
-    they cannot find padding, so their rows must end at the last slot (left padding)."""
-    model_type = getattr(model.config, "model_type", None)
-    return (model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-            and model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 
 def _cache_length(cache) -> int:

@@ -1,18 +1,40 @@
-"""Training-curve and results plots (matplotlib, no display needed)."""
+"""Every chart dept draws: the training curve of a run, and the benchmark's ratio and scaling charts.
+
+matplotlib (an optional extra) is imported only when a chart is drawn, with the Agg backend so no
+display is needed.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Optional
 
-import matplotlib
+from dept._extras import requires
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+BAR_CLIP = 2.0  # PEFT's full-vocabulary logits make some memory ratios >10x; cut bars there
+BAR_METRICS = (
+    ("train_step", "train step"),
+    ("infer_latency", "scoring latency"),
+    ("train_added_mem", "train mem added"),
+    ("infer_added_mem", "scoring mem added"),
+)
+
+
+def _pyplot():
+    with requires("train"):
+        import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def training_curve(metrics_file: Path, out_png: Path, main_metric: str) -> None:
     """Loss per logged step and the validation main metric per evaluation, on two axes."""
+    plt = _pyplot()
     records = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r[f"val_{main_metric}"]) for r in records if f"val_{main_metric}" in r]
@@ -28,4 +50,81 @@ def training_curve(metrics_file: Path, out_png: Path, main_metric: str) -> None:
     ax.set_title(Path(metrics_file).parent.name)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def _reference_lines(ax, guide: Optional[float]) -> None:
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    if guide is not None:  # the benchmark's time target, when one was given
+        ax.axhline(guide, color="grey", linewidth=0.8, linestyle="--")
+
+
+def plot_ratios(workloads: Sequence[dict[str, Any]], path: Path, reference: str, guide: Optional[float] = None) -> None:
+    """Benchmark: one panel per workload, each method's ratio to the reference method (PT l=100)
+    for time and added memory."""
+    plt = _pyplot()
+    cols = min(3, max(1, len(workloads)))
+    rows = max(1, (len(workloads) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.2 * rows), squeeze=False)
+    for ax, w in zip(axes.flat, workloads):
+        keys = [k for k in w["ratios"] if k != reference]
+        width = 0.8 / max(1, len(keys))
+        for i, key in enumerate(keys):
+            values = [w["ratios"][key].get(metric) or 0.0 for metric, _ in BAR_METRICS]
+            xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(BAR_METRICS))]
+            ax.bar(xs, [min(v, BAR_CLIP) for v in values], width, label=w["methods"][key]["label"])
+            for x, v in zip(xs, values):  # bars cut at BAR_CLIP carry their value
+                if v > BAR_CLIP:
+                    ax.text(x, BAR_CLIP, f"{v:.1f}×", ha="center", va="bottom", fontsize=6, rotation=90)
+        _reference_lines(ax, guide)
+        ax.set_ylim(0, BAR_CLIP * 1.18)
+        ax.set_xticks(range(len(BAR_METRICS)), [label for _, label in BAR_METRICS], fontsize=8)
+        ax.set_ylabel("ratio to PT l=100 (lower is better)")
+        ax.set_title(w["key"], fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
+    for ax in list(axes.flat)[len(workloads) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scaling(workloads: Sequence[dict[str, Any]], path: Path, guide: Optional[float] = None) -> None:
+    """Benchmark: DePT/PT ratios against backbone size, one line per (family, lengths, device)."""
+    plt = _pyplot()
+    from matplotlib import ticker
+
+    groups: dict[str, list[dict]] = {}
+    for w in workloads:
+        if "dept" in w["ratios"]:
+            spec = w["workload"]
+            family = "t5" if w["model"]["kind"] == "seq2seq" else "causal"
+            groups.setdefault(f"{family} {spec['lengths']} {spec['device']}", []).append(w)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name, ws in sorted(groups.items()):
+        ws = sorted(ws, key=lambda w: w["model"]["parameters"])
+        xs = [w["model"]["parameters"] / 1e6 for w in ws]
+        label = name if len(ws) > 1 else f"{ws[0]['workload']['model']} {name.split(' ', 1)[1]}"
+        for ax, metric in zip(axes, ("train_step", "train_added_mem")):
+            ys = [w["ratios"]["dept"].get(metric) for w in ws]
+            ax.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o", label=label)
+            if len(ws) > 1:  # name the sizes along a scaling line
+                for x, w, y in zip(xs, ws, ys):
+                    if y is not None:
+                        ax.annotate(
+                            w["workload"]["model"], (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3)
+                        )
+    for ax, title in zip(axes, ("DePT/PT training-step time", "DePT/PT training memory added")):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.FixedLocator([10, 20, 50, 100, 200, 500, 1000, 2000, 5000]))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        _reference_lines(ax, guide)
+        ax.set_xlabel("backbone parameters (M)")
+        ax.set_ylabel("ratio (lower = bigger saving)")
+        ax.set_title(title)
+        if groups:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -7,7 +7,6 @@ so single-token labels cost one forward per example and STS-B's 26 scores cost s
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
@@ -16,14 +15,11 @@ import torch
 
 from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
 from dept.loss import keep_positions, takes_source_mask
+from dept.precision import autocast
 
 logger = logging.getLogger(__name__)
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass

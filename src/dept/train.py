@@ -22,17 +22,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 from dept import methods
+from dept._extras import requires
 from dept.backbones import load_backbone
 from dept.data import encode, pad_batch, pad_id
+from dept.kinds import model_kind
 from dept.loss import label_count, lm_loss
-from dept.model import model_kind
 from dept.optim import create_scheduler
-from dept.scoring import autocast, evaluate
+from dept.precision import autocast, resolve_precision
+from dept.scoring import evaluate
+
+with requires("train"):
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +74,6 @@ class TrainOptions:
     tensorboard: bool = False
     test: bool = True
     task_options: dict = field(default_factory=dict)  # custom csv:/jsonl: tasks: text_fields, label_field
-
-
-def resolve_precision(precision: str) -> str:
-    """auto = bf16 where the hardware runs it natively (CUDA bf16, or a CPU with AVX-512 bf16/AMX)."""
-    if precision != "auto":
-        if precision not in ("bf16", "fp32"):
-            raise ValueError(f"--precision must be auto, bf16 or fp32, not {precision!r}.")
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "fp32"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
 
 
 def batch_rows(step: int, micro: int, opts: TrainOptions, n: int, rank: int, world: int) -> list[int]:
@@ -146,7 +135,7 @@ class Run:
 
         self.task = get_task(opts.task, **opts.task_options)
         self.precision = resolve_precision(opts.precision)
-        # Autocast is ours (scoring.autocast), so runs of different precision can share a process.
+        # Autocast is ours (dept.precision.autocast), so runs of different precision can share a process.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         set_seed(opts.seed)
         splits = self.task.load(data_dir=opts.data_dir, split_rule=opts.split_rule, seed=opts.seed)

@@ -29,10 +29,25 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as skm
+
+from dept._extras import requires
 
 Pred = int | float | None
+
+
+def _sklearn_metrics():
+    """scikit-learn and scipy load on first use (the [tasks] extra): listing tasks needs neither."""
+    with requires("tasks"):
+        from sklearn import metrics
+
+    return metrics
+
+
+def _scipy_stats():
+    with requires("tasks"):
+        from scipy import stats
+
+    return stats
 
 
 def _check(preds: Sequence[Pred], refs: Sequence[Pred]) -> None:
@@ -57,7 +72,7 @@ def binary_f1(preds: Sequence[Pred], refs: Sequence[int]) -> float:
     """F1 of the positive class (label id 1)."""
     _check(preds, refs)
     p = _flip_invalid_binary(preds, refs)
-    return 100.0 * float(skm.f1_score(list(refs), p, pos_label=1, zero_division=0))
+    return 100.0 * float(_sklearn_metrics().f1_score(list(refs), p, pos_label=1, zero_division=0))
 
 
 def matthews(preds: Sequence[Pred], refs: Sequence[int]) -> float:
@@ -66,7 +81,7 @@ def matthews(preds: Sequence[Pred], refs: Sequence[int]) -> float:
     p = _flip_invalid_binary(preds, refs) if labels <= {0, 1} else [-1 if x is None else x for x in preds]
     with warnings.catch_warnings():  # single-class inputs: sklearn warns and returns 0
         warnings.simplefilter("ignore")
-        value = float(skm.matthews_corrcoef(list(refs), p))
+        value = float(_sklearn_metrics().matthews_corrcoef(list(refs), p))
     return 0.0 if math.isnan(value) else 100.0 * value
 
 
@@ -74,7 +89,7 @@ def macro_f1(preds: Sequence[Pred], refs: Sequence[int], num_labels: int) -> flo
     _check(preds, refs)
     p = [-1 if x is None else int(x) for x in preds]
     return 100.0 * float(
-        skm.f1_score(list(refs), p, labels=list(range(num_labels)), average="macro", zero_division=0)
+        _sklearn_metrics().f1_score(list(refs), p, labels=list(range(num_labels)), average="macro", zero_division=0)
     )
 
 
@@ -94,11 +109,11 @@ def _corr(fn: Callable, preds: Sequence[Pred], refs: Sequence[float], value_rang
 
 
 def pearson(preds: Sequence[Pred], refs: Sequence[float], value_range: tuple[float, float]) -> float:
-    return _corr(stats.pearsonr, preds, refs, value_range)
+    return _corr(_scipy_stats().pearsonr, preds, refs, value_range)
 
 
 def spearman(preds: Sequence[Pred], refs: Sequence[float], value_range: tuple[float, float]) -> float:
-    return _corr(stats.spearmanr, preds, refs, value_range)
+    return _corr(_scipy_stats().spearmanr, preds, refs, value_range)
 
 
 def group_exact_match(preds: Sequence[Pred], refs: Sequence[Pred], groups: Sequence[Hashable]) -> float:

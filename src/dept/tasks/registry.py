@@ -198,7 +198,7 @@ class Task:
     ) -> dict[str, list[Example]]:
         """Load ``{"train", "validation", "test"}`` lists of :class:`Example`.
 
-        ``split_rule="paper"`` (default): the DePT paper's rule (DESIGN.md §2): small sets ->
+        ``split_rule="paper"`` (default): the DePT paper's rule (Shi & Lipani, ICLR 2024): small sets ->
         validation / test = first / second half of the shuffled official dev set; SST-2, QNLI,
         QQP -> validation = 1000 examples held out of train, test = official dev; MNLI ->
         validation = dev mismatched, test = dev matched.

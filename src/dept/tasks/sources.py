@@ -330,7 +330,7 @@ def hub_source(
         try:
             import datasets
         except ImportError:
-            raise SourceUnavailable([f"{where}: the 'datasets' package is not installed"]) from None
+            raise SourceUnavailable([f"{where}: the 'datasets' package is not installed (pip install \"dept[tasks]\")"]) from None
         try:
             dd = datasets.load_dataset(path, config)
         except Exception as err:  # offline, not cached, renamed dataset, ...

@@ -1,4 +1,4 @@
-"""Split rules (DESIGN.md §2), deterministic from a seed.
+"""Split rules of the DePT paper (Shi & Lipani, ICLR 2024; the ATTEMPT rule), deterministic from a seed.
 
 ``split_rule="paper"`` (the DePT / ATTEMPT rule, default):
 

@@ -1,0 +1,45 @@
+"""Compute precision: what `--precision auto` means, and the autocast context for a precision.
+
+One definition for training, evaluation and the benchmark, so "auto" picks the same format
+everywhere. bf16 pays off only where the hardware does bf16 math natively: CUDA devices that
+support it, and CPUs with AVX-512-BF16 or AMX (elsewhere bf16 autocast on CPU is slower than fp32).
+Torch is imported inside the functions so that option parsing can use `PRECISIONS` without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when torch's CPU kernels have native bf16 math here (AVX-512-BF16 or AMX tiles)."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(precision: str = "auto", device: Any = None) -> str:
+    """ "bf16" or "fp32". `auto` looks at `device` (default: CUDA when torch sees one, else CPU)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def autocast(device: Any, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` (a torch.device or its name) for "bf16"; nothing for "fp32"."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
