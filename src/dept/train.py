@@ -17,7 +17,7 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +31,7 @@ from dept.backbones import load_backbone
 from dept.data import encode, pad_batch, pad_id
 from dept.model import model_kind
 from dept.optim import create_scheduler
+from dept.options import MethodOptions, TrainOptions
 from dept.scoring import autocast, evaluate, label_count, lm_loss
 
 logger = logging.getLogger(__name__)
@@ -40,35 +41,7 @@ BEST = "best"
 RUN_FILE = "run.json"
 
 
-@dataclass
-class TrainOptions:
-    task: str = "glue/stsb"
-    model: str = "smollm2-135m"
-    output_dir: str = "runs/dept"
-    data_dir: Optional[str] = None
-    split_rule: str = "paper"
-    method: methods.MethodOptions = field(default_factory=methods.MethodOptions)
-    max_steps: int = 300
-    batch_size: int = 16
-    grad_accum: int = 1
-    warmup_steps: Optional[int] = None  # default: min(500, max_steps // 10)
-    max_grad_norm: float = 1.0
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    eval_every: int = 100
-    eval_samples: Optional[int] = None
-    test_samples: Optional[int] = None
-    eval_batch_size: int = 32
-    patience: Optional[int] = None
-    scoring: str = "rank"
-    k_shot: Optional[int] = None
-    seed: int = 42
-    resume: bool = False
-    log_every: int = 10
-    zero_shot: bool = False
-    tensorboard: bool = False
-    test: bool = True
-    task_options: dict = field(default_factory=dict)  # custom csv:/jsonl: tasks: text_fields, label_field
+__all__ = ["MethodOptions", "TrainOptions", "Run", "train", "resolve_precision"]
 
 
 def resolve_precision(precision: str) -> str:
@@ -140,7 +113,7 @@ class Run:
 
     def __init__(self, opts: TrainOptions):
         self.opts = opts
-        self.out = Path(opts.output_dir)
+        self.out = opts.out
         from dept.tasks import get_task
 
         self.task = get_task(opts.task, **opts.task_options)
