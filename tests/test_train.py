@@ -107,8 +107,8 @@ def test_gradient_accumulation_equals_the_full_batch(tiny_setup, tmp_path):
 
 def test_early_stopping_and_transfer_init(tiny_setup, tmp_path):
     opts = options(tiny_setup, tmp_path / "src", max_steps=30, eval_every=1, patience=1)
-    opts.method.lr_prompt = 0.0  # nothing changes, so the second evaluation is no better
-    opts.method.lr_lowrank = 0.0
+    opts.method.lr_prompt = 1e-12  # next to nothing changes, so the second evaluation is no better
+    opts.method.lr_lowrank = 1e-12
     results = Run(opts).fit()
     assert results["steps"] == 2
     transfer = options(tiny_setup, tmp_path / "dst", max_steps=1)
@@ -121,11 +121,70 @@ def test_early_stopping_and_transfer_init(tiny_setup, tmp_path):
     assert not adapter.lora_embedding_B.any() and adapter.prompt_embeddings.requires_grad
 
 
-def test_nan_loss_stops_with_a_clear_message(tiny_setup, tmp_path):
-    opts = options(tiny_setup, tmp_path)
+def test_non_finite_learning_rate_is_refused_before_loading(tiny_setup, tmp_path):
+    opts = options(tiny_setup, tmp_path / "run")
     opts.method.lr_prompt = float("inf")
-    with pytest.raises(FloatingPointError, match="lower the learning rates"):
-        Run(opts).fit()
+    with pytest.raises(ValueError, match="--lr-prompt must be a finite number above 0"):
+        Run(opts)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_nan_mid_run_is_never_saved(tiny_setup, tmp_path):
+    run = Run(options(tiny_setup, tmp_path, eval_every=1))
+    step = run.optimizer.step
+
+    def diverge(*args, **kwargs):
+        step(*args, **kwargs)
+        if run.state["step"] == 2:  # the third update goes wrong
+            with torch.no_grad():
+                run.unwrapped.adapters["default"].prompt_embeddings[0, 0] = float("nan")
+
+    run.optimizer.step = diverge
+    with pytest.raises(FloatingPointError, match=r"last finite checkpoint is .*checkpoint \(step 2\).*--resume"):
+        run.fit()
+    for folder in (tmp_path / "best", tmp_path / "checkpoint" / "model"):
+        for key, tensor in load_file(folder / "adapter_model.safetensors").items():
+            assert torch.isfinite(tensor).all(), (folder, key)
+    assert Run(options(tiny_setup, tmp_path, eval_every=1, resume=True)).fit()["steps"] == 6  # the advice works
+
+
+def test_resume_may_change_the_step_budget_and_learning_rates(tiny_setup, tmp_path, caplog):
+    Run(options(tiny_setup, tmp_path)).fit()
+    longer = options(tiny_setup, tmp_path, max_steps=8, resume=True)
+    longer.method.lr_prompt = 0.2
+    run = Run(longer)
+    assert "max_steps 6 -> 8" in caplog.text and "method.lr_prompt 0.1 -> 0.2" in caplog.text
+    assert run.fit()["steps"] == 8
+    assert run.optimizer.param_groups[0]["initial_lr"] == 0.2
+
+
+def test_save_every_checkpoints_without_evaluating(tiny_setup, tmp_path, monkeypatch):
+    calls = {"eval": 0, "save": 0}
+    evaluate, save = Run._eval_and_select, Run._save_checkpoint
+    monkeypatch.setattr(Run, "_eval_and_select", lambda self: calls.__setitem__("eval", calls["eval"] + 1) or evaluate(self))
+    monkeypatch.setattr(Run, "_save_checkpoint", lambda self: calls.__setitem__("save", calls["save"] + 1) or save(self))
+    Run(options(tiny_setup, tmp_path, max_steps=4, eval_every=4, save_every=1)).fit()
+    assert calls == {"eval": 1, "save": 4}
+
+
+def test_truncation_is_one_warning_with_the_count(tiny_setup, tmp_path, caplog):
+    opts = options(tiny_setup, tmp_path, max_steps=1)
+    opts.method.max_length = 6
+    Run(opts).fit()
+    warnings = [r.getMessage() for r in caplog.records if "longer than max_length" in r.getMessage()]
+    assert len(warnings) == 1 and "38 of 38 training rows" in warnings[0], warnings
+    caplog.clear()
+    Run(options(tiny_setup, tmp_path / "long", max_steps=1)).fit()
+    assert "longer than max_length" not in caplog.text
+
+
+def test_rank_above_the_hidden_size_is_refused_and_over_budget_warned(caplog):
+    from dept.methods import dept_config
+
+    with pytest.raises(ValueError, match=r"min\(s=256, d=32\) = 32"):
+        dept_config(MethodOptions(rank=40), hidden_size=32)
+    dept_config(MethodOptions(rank=30, budget=10, prompt_length=4), hidden_size=32)
+    assert "over the budget of 10 prompt tokens (320 parameters)" in caplog.text
 
 
 def test_data_order_is_the_same_for_any_number_of_processes():

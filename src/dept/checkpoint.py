@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dept.config import OFFICIAL_INIT_TEXT, DePTConfig
@@ -38,10 +40,17 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved adapter is readable like any other file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_adapter(path: str | Path, config: DePTConfig, tensors: dict[str, torch.Tensor], backbone: dict[str, Any]) -> None:
@@ -68,28 +77,60 @@ def read_adapter(path: str | Path) -> tuple[DePTConfig, dict[str, torch.Tensor],
         raise FileNotFoundError(f"No {CONFIG_NAME} in {path}; expected an adapter folder saved by dept, DePT or PEFT.")
     try:
         meta = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file} is not valid JSON ({err}); the file is truncated or corrupt.") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{config_file} holds a JSON {type(meta).__name__}, not the object an adapter config is.")
     kind = meta.get("peft_type")
-    if kind == "DEPT":
-        return DePTConfig.from_dict(meta["config"]), _read_weights(path), meta.get("backbone", {})
-    if kind == "PROMPT_TUNING_LORA":
-        return _from_official(meta, _read_weights(path))
-    if kind == "PROMPT_TUNING":
-        return _from_peft_prompt_tuning(meta, _read_weights(path))
-    raise ValueError(
-        f"{config_file} has peft_type {kind!r}; dept reads 'DEPT', 'PROMPT_TUNING_LORA' (official DePT) and "
-        "'PROMPT_TUNING' (PEFT)."
-    )
+    if kind not in ("DEPT", "PROMPT_TUNING_LORA", "PROMPT_TUNING"):
+        raise ValueError(
+            f"{config_file} has peft_type {kind!r}; dept reads 'DEPT', 'PROMPT_TUNING_LORA' (official DePT) and "
+            "'PROMPT_TUNING' (PEFT)."
+        )
+    tensors = read_weights(path)
+    try:
+        if kind == "PROMPT_TUNING_LORA":
+            return _from_official(meta, tensors)
+        if kind == "PROMPT_TUNING":
+            return _from_peft_prompt_tuning(meta, tensors)
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError("no 'config' object (the DePTConfig) in it; re-save the adapter with dept")
+        config = DePTConfig.from_dict(meta["config"])
+    except KeyError as err:  # an entry the format requires
+        raise ValueError(f"Adapter {path} ({kind}) lacks {err.args[0]!r}; its config or weights file is incomplete.") from err
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{config_file}: {err}") from err
+    missing = [key for key in (ADAPTER_KEYS if config.rank else ADAPTER_KEYS[:1]) if key not in tensors]
+    if missing:
+        raise ValueError(f"The weights in {path} lack the tensor(s) {missing} that its config (rank {config.rank}) needs.")
+    return config, tensors, meta.get("backbone") or {}
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The adapter's tensors; a truncated or corrupt file, or a NaN/inf tensor, is named in the error."""
     if (path / WEIGHTS_NAME).is_file():
-        return load_file(path / WEIGHTS_NAME)
-    if (path / LEGACY_WEIGHTS_NAME).is_file():
-        # Legacy pickles only through the tensor-only unpickler.
-        return torch.load(path / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"No {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} in {path}.")
+        file = path / WEIGHTS_NAME
+        try:
+            tensors = load_file(file)
+        except SafetensorError as err:
+            raise ValueError(f"{file} is not a readable safetensors file ({err}); it is truncated or corrupt.") from err
+    elif (path / LEGACY_WEIGHTS_NAME).is_file():
+        file = path / LEGACY_WEIGHTS_NAME
+        try:
+            # Legacy pickles only through the tensor-only unpickler.
+            tensors = torch.load(file, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{file} is not a readable PyTorch weights file ({reason}); it is truncated or corrupt.") from err
+        if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+            raise ValueError(f"{file} does not hold a dict of tensors.")
+    else:
+        raise FileNotFoundError(f"No {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} in {path}.")
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{file}: tensor {key!r} holds NaN or inf values (saved from a diverged run); "
+                             "use an earlier checkpoint or retrain with lower learning rates.")
+    return tensors
 
 
 def _from_official(meta: dict, weights: dict[str, torch.Tensor]):

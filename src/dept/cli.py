@@ -1,20 +1,34 @@
-"""The `dept` command line: train, eval, predict, bench, convert, tasks."""
+"""The `dept` command line: train, eval, predict, bench, convert, tasks.
+
+`main()` is the console script. A user mistake ends in one line `error: <what and how to fix>` on
+stderr and exit status 2 (`--verbose` adds the traceback); a bug in dept still shows its traceback.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decomposed Prompt Tuning (DePT) for any Hugging Face model.")
+from dept.options import (PRECISIONS, SCORINGS, SPLITS, MethodOptions, TrainOptions, UsageError, check_at_least,
+                          check_choice)
 
-# The main job: DePT on SmolLM2-135M, GLUE STS-B from the offline package; a few minutes on 2 CPU cores.
-MAIN_JOB = dict(task="glue/stsb", max_steps=120, batch_size=8, eval_every=60, eval_samples=200, test_samples=200)
-RUN_DEFAULTS = dict(max_steps=300, batch_size=16, eval_every=100)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decomposed Prompt Tuning (DePT) for any Hugging Face model.")
+logger = logging.getLogger("dept.cli")
+
+# Defaults live in the dataclasses, once; the options below read them from there.
+M, T = MethodOptions, TrainOptions
+# The main job: DePT on SmolLM2-135M for TrainOptions' default task (GLUE STS-B, offline package); a few minutes on 2 CPU cores.
+MAIN_JOB = dict(max_steps=120, batch_size=8, eval_every=60, eval_samples=200, test_samples=200, output_dir="runs/main")
+# Errors a user can cause and fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
+# click's base class for command-line mistakes (typer may vendor click, so found through typer's own BadParameter).
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -27,69 +41,74 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 def train(
     task: Optional[str] = typer.Option(None, help="glue/<task>, superglue/<task>, csv:PATH or jsonl:PATH. Omit to run the main job."),
-    method: str = typer.Option("dept", help="dept | pt | lora | full"),
-    model: str = typer.Option("smollm2-135m", help="Named offline backbone, hub id or local directory."),
-    output_dir: Optional[Path] = typer.Option(None, help="Where checkpoints, metrics.jsonl, results.json and the curve go."),
+    method: str = typer.Option(M.method, help="dept | pt | lora | full"),
+    model: str = typer.Option(T.model, help="Named offline backbone, hub id or local directory."),
+    output_dir: Optional[Path] = typer.Option(None, help="The run's folder (default runs/<task>/<method>)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="DEPT_DATA_DIR", help="Folder with glue/ and superglue/ in the original layout."),
-    split_rule: str = typer.Option("paper", help="paper (DePT's splits) or official (train/dev as released)."),
-    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps (default 300; main job 120)."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch size (default 16; main job 8)."),
-    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
-    budget: int = typer.Option(100, help="PT prompt length l whose parameter count DePT matches."),
-    prompt_length: int = typer.Option(60, help="DePT prompt length m."),
-    rank: Optional[int] = typer.Option(None, help="DePT rank r (default: budget-matched)."),
-    max_length: int = typer.Option(256, help="Longest input s (tokens); longer sources are truncated."),
-    lr_prompt: float = typer.Option(3e-2, help="Learning rate of the soft prompt."),
-    lr_lowrank: float = typer.Option(1e-3, help="Learning rate of the low-rank pair A, B."),
-    lr: float = typer.Option(5e-4, help="Learning rate for --method lora/full."),
-    lora_rank: int = typer.Option(8),
-    warmup_steps: Optional[int] = typer.Option(None, help="Default min(500, max_steps/10)."),
-    max_grad_norm: float = typer.Option(1.0),
-    precision: str = typer.Option("auto", help="auto | bf16 | fp32 (auto = bf16 where the hardware has it)."),
-    gradient_checkpointing: bool = typer.Option(False),
-    eval_every: Optional[int] = typer.Option(None, help="Evaluate and checkpoint every N steps (default 100)."),
+    split_rule: str = typer.Option(T.split_rule, help="paper (DePT's splits) or official (train/dev as released)."),
+    max_steps: Optional[int] = typer.Option(None, help=f"Optimizer steps (default {T.max_steps}; main job {MAIN_JOB['max_steps']})."),
+    batch_size: Optional[int] = typer.Option(None, help=f"Global batch size (default {T.batch_size}; main job {MAIN_JOB['batch_size']})."),
+    grad_accum: int = typer.Option(T.grad_accum, help="Micro-batches per optimizer step."),
+    budget: int = typer.Option(M.budget, help="PT prompt length l whose parameter count DePT matches."),
+    prompt_length: int = typer.Option(M.prompt_length, help="DePT prompt length m."),
+    rank: Optional[int] = typer.Option(M.rank, help="DePT rank r (default: budget-matched)."),
+    max_length: int = typer.Option(M.max_length, help="Longest input s (tokens); longer sources are truncated."),
+    lr_prompt: float = typer.Option(M.lr_prompt, help="Learning rate of the soft prompt."),
+    lr_lowrank: float = typer.Option(M.lr_lowrank, help="Learning rate of the low-rank pair A, B."),
+    lr: float = typer.Option(M.lr, help="Learning rate for --method lora/full."),
+    lora_rank: int = typer.Option(M.lora_rank),
+    warmup_steps: Optional[int] = typer.Option(T.warmup_steps, help="Default min(500, max_steps/10)."),
+    max_grad_norm: float = typer.Option(T.max_grad_norm),
+    precision: str = typer.Option(T.precision, help="auto | bf16 | fp32 (auto = bf16 where the hardware has it)."),
+    gradient_checkpointing: bool = typer.Option(T.gradient_checkpointing),
+    eval_every: Optional[int] = typer.Option(None, help=f"Evaluate every N steps (default {T.eval_every}; main job {MAIN_JOB['eval_every']})."),
+    save_every: Optional[int] = typer.Option(T.save_every, help="Checkpoint every N steps, without evaluating (default: --eval-every)."),
     eval_samples: Optional[int] = typer.Option(None, help="Evaluate on the first N validation examples."),
     test_samples: Optional[int] = typer.Option(None, help="Test on the first N test examples."),
-    patience: Optional[int] = typer.Option(None, help="Stop after this many evaluations without improvement."),
-    scoring: str = typer.Option("rank", help="rank (label log-likelihood) or generate (greedy, exact match)."),
-    k_shot: Optional[int] = typer.Option(None, help="Train on k examples per class."),
+    patience: Optional[int] = typer.Option(T.patience, help="Stop after this many evaluations without improvement."),
+    scoring: str = typer.Option(T.scoring, help="rank (label log-likelihood) or generate (greedy, exact match)."),
+    k_shot: Optional[int] = typer.Option(T.k_shot, help="Train on k examples per class."),
     init_from: Optional[Path] = typer.Option(None, help="Start from this adapter (transfer)."),
-    reset_lowrank_b: bool = typer.Option(False, help="With --init-from: zero B, keep the prompt and A."),
+    reset_lowrank_b: bool = typer.Option(M.reset_lowrank_b, help="With --init-from: zero B, keep the prompt and A."),
     text_fields: Optional[str] = typer.Option(None, help="Custom tasks: comma-separated input columns."),
     label_field: Optional[str] = typer.Option(None, help="Custom tasks: label column."),
-    zero_shot: bool = typer.Option(False, help="Also score the untouched backbone."),
-    seed: int = typer.Option(42),
-    resume: bool = typer.Option(False, help="Continue from OUTPUT_DIR/checkpoint."),
-    tensorboard: bool = typer.Option(False),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    zero_shot: bool = typer.Option(T.zero_shot, help="Also score the untouched backbone."),
+    seed: int = typer.Option(T.seed),
+    resume: bool = typer.Option(T.resume, help="Continue the run in OUTPUT_DIR (same task, method, model, adapter shape)."),
+    overwrite: bool = typer.Option(T.overwrite, help="Replace the run in OUTPUT_DIR."),
+    tensorboard: bool = typer.Option(T.tensorboard),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress; show the traceback of an error."),
 ):
     """Train one adapter (or baseline) on one task; without --task, run the main job."""
-    from dept.methods import MethodOptions
-    from dept.train import TrainOptions, train as run_train
-
     _setup_logging(verbose)
     main_job = task is None
-    given = {k: v for k, v in dict(max_steps=max_steps, batch_size=batch_size, eval_every=eval_every,
-                                   eval_samples=eval_samples, test_samples=test_samples).items() if v is not None}
-    settings = {**RUN_DEFAULTS, **(MAIN_JOB if main_job else {"task": task}), **given}
-    settings["output_dir"] = str(output_dir or ("runs/main" if main_job else f"runs/{method}"))
-    if main_job:
-        zero_shot = True
-        typer.echo(f"Main job: DePT on {model}, {settings['task']}, {settings['max_steps']} steps -> {settings['output_dir']}")
     task_options = {}
     if text_fields:
         task_options["text_fields"] = text_fields.split(",")
     if label_field:
         task_options["label_field"] = label_field
+    given = {k: v for k, v in dict(task=task, max_steps=max_steps, batch_size=batch_size, eval_every=eval_every,
+                                   eval_samples=eval_samples, test_samples=test_samples,
+                                   output_dir=str(output_dir) if output_dir else None).items() if v is not None}
     opts = TrainOptions(
-        **settings, model=model, data_dir=str(data_dir) if data_dir else None, split_rule=split_rule, grad_accum=grad_accum,
-        warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, precision=precision,
-        gradient_checkpointing=gradient_checkpointing, patience=patience, scoring=scoring, k_shot=k_shot, seed=seed,
-        resume=resume, zero_shot=zero_shot, tensorboard=tensorboard, task_options=task_options,
+        **{**(MAIN_JOB if main_job else {}), **given}, model=model, data_dir=str(data_dir) if data_dir else None,
+        split_rule=split_rule, grad_accum=grad_accum, warmup_steps=warmup_steps, max_grad_norm=max_grad_norm,
+        precision=precision, gradient_checkpointing=gradient_checkpointing, save_every=save_every, patience=patience,
+        scoring=scoring, k_shot=k_shot, seed=seed, resume=resume, overwrite=overwrite, zero_shot=zero_shot or main_job,
+        tensorboard=tensorboard, task_options=task_options,
         method=MethodOptions(method=method, budget=budget, prompt_length=prompt_length, rank=rank, max_length=max_length,
                              lora_rank=lora_rank, lr_prompt=lr_prompt, lr_lowrank=lr_lowrank, lr=lr,
                              init_from=str(init_from) if init_from else None, reset_lowrank_b=reset_lowrank_b, seed=seed),
     )
+    # Every option, the task name and custom data files are checked before any data or backbone loads.
+    from dept.tasks import get_task
+
+    opts.validate()
+    get_task(opts.task, **opts.task_options)
+    if main_job:
+        typer.echo(f"Main job: DePT on {model}, {opts.task}, {opts.max_steps} steps -> {opts.out}")
+    from dept.train import train as run_train
+
     results = run_train(opts)
     if results:
         typer.echo(_summary(results))
@@ -107,33 +126,85 @@ def _summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _task(name: str, run: dict):
+    """The task, with the run's custom-data options when it is the run's own task."""
+    from dept.tasks import get_task
+
+    return get_task(name, **((run.get("task_options") or {}) if name == run.get("task") else {}))
+
+
 def _run_settings(adapter: Path) -> dict:
     """The run.json of the training run that produced `adapter` (it sits in the run folder)."""
     for folder in (adapter, *adapter.parents[:2]):
         if (folder / "run.json").is_file():
-            return json.loads((folder / "run.json").read_text())
+            try:
+                run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{folder / 'run.json'} is not valid JSON ({err}).") from None
+            if not isinstance(run, dict):
+                raise UsageError(f"{folder / 'run.json'} does not hold a JSON object.")
+            return run
     return {}
 
 
-def _load_trained(adapter: Path, model: Optional[str]):
-    """Backbone + trained weights for eval/predict: dept adapters, peft LoRA adapters or full models."""
-    from dept.backbones import load_backbone
-    from dept.model import DePTModel
+def _adapter_folder(adapter: Path) -> Path:
+    """`dept eval --adapter RUN` takes the folder `dept train` printed and scores its best/."""
+    if (adapter / "run.json").is_file() and not any((adapter / f).is_file() for f in ("adapter_config.json", "config.json")):
+        if not (adapter / "best").is_dir():
+            raise UsageError(f"{adapter} is a run folder without best/ (no evaluation has finished yet); "
+                             f"pass a checkpoint such as {adapter / 'checkpoint' / 'model'}.")
+        logger.warning("%s is a run folder: using its best validation checkpoint %s", adapter, adapter / "best")
+        return adapter / "best"
+    return adapter
 
-    run = _run_settings(adapter)
-    backbone_name = model or run.get("model")
-    method = run.get("method", {}).get("method", "dept")
-    if method == "full":
-        backbone, tokenizer = load_backbone(str(adapter))
-        return backbone, tokenizer, run
-    if backbone_name is None:
-        raise typer.BadParameter("No run.json next to the adapter names its backbone; pass --model.")
-    backbone, tokenizer = load_backbone(backbone_name)
-    if method == "lora":
-        from peft import PeftModel
 
-        return PeftModel.from_pretrained(backbone, adapter), tokenizer, run
-    return DePTModel.from_pretrained(backbone, adapter, tokenizer=tokenizer), tokenizer, run
+class Trained:
+    """What eval and predict need to know about an adapter, checked before any backbone loads."""
+
+    def __init__(self, adapter: Path, model: Optional[str]):
+        self.adapter = _adapter_folder(adapter)
+        self.run = _run_settings(self.adapter)
+        self.method = (self.run.get("method") or {}).get("method", "dept")
+        self.max_length = None  # the adapter's own s, for dept adapters
+        if self.method in ("dept", "pt"):
+            from dept.checkpoint import read_adapter
+
+            config, _, _ = read_adapter(self.adapter)  # names a missing, truncated, corrupt or NaN file
+            self.max_length = config.max_length
+        elif self.method == "lora":
+            from dept.checkpoint import read_weights
+
+            if not (self.adapter / "adapter_config.json").is_file():
+                raise UsageError(f"No adapter_config.json in {self.adapter}; expected the LoRA adapter a --method lora run saves.")
+            read_weights(self.adapter)
+        elif not (self.adapter / "config.json").is_file():
+            raise UsageError(f"No config.json in {self.adapter}; a --method full run saves a whole model folder.")
+        self.backbone = model or self.run.get("model")
+        if self.backbone is None and self.method != "full":
+            raise UsageError(f"No run.json next to {self.adapter} names its backbone; pass --model.")
+
+    def setting(self, key: str, flag: str, given, default):
+        """A data setting from the run's run.json (so eval sees the run's splits); a flag overrides it, with a warning."""
+        stored = (self.run.get("method") or {}).get(key) if key == "max_length" else self.run.get(key)
+        if given is None:
+            return stored if stored is not None else default
+        if stored is not None and given != stored:
+            logger.warning("%s %s overrides the run's %s=%s (run.json).", flag, given, key, stored)
+        return given
+
+    def load(self):
+        """Backbone + trained weights: dept adapters, peft LoRA adapters or full models."""
+        from dept.backbones import load_backbone
+        from dept.model import DePTModel
+
+        if self.method == "full":
+            return load_backbone(str(self.adapter))
+        backbone, tokenizer = load_backbone(self.backbone)
+        if self.method == "lora":
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(backbone, self.adapter), tokenizer
+        return DePTModel.from_pretrained(backbone, self.adapter, tokenizer=tokenizer), tokenizer
 
 
 def _kind(model) -> str:
@@ -144,74 +215,122 @@ def _kind(model) -> str:
 
 @app.command("eval")
 def eval_command(
-    adapter: Path = typer.Option(..., exists=True, file_okay=False, help="Adapter folder (e.g. runs/x/best)."),
+    adapter: Path = typer.Option(..., exists=True, file_okay=False, help="Adapter folder (RUN/best), or a run folder: its best/ is used."),
     task: str = typer.Option(..., help="Task to score on."),
     split: str = typer.Option("test", help="train | validation | test"),
     model: Optional[str] = typer.Option(None, help="Backbone (default: the one in the run's run.json)."),
-    data_dir: Optional[Path] = typer.Option(None, envvar="DEPT_DATA_DIR"),
-    split_rule: str = typer.Option("paper"),
-    scoring: str = typer.Option("rank"),
-    precision: str = typer.Option("auto"),
-    batch_size: int = typer.Option(32),
+    data_dir: Optional[Path] = typer.Option(None, envvar="DEPT_DATA_DIR", help="Default: the run's (run.json)."),
+    split_rule: Optional[str] = typer.Option(None, help=f"paper | official (default: the run's, else {T.split_rule})."),
+    seed: Optional[int] = typer.Option(None, help=f"Seed of the paper split (default: the run's, else {T.seed})."),
+    max_length: Optional[int] = typer.Option(None, help="Longest input (default: the run's, else the adapter's s)."),
+    scoring: str = typer.Option(T.scoring, help="rank | generate"),
+    precision: str = typer.Option(T.precision, help="auto | bf16 | fp32"),
+    batch_size: int = typer.Option(T.eval_batch_size),
     samples: Optional[int] = typer.Option(None, help="Score only the first N examples."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress; show the traceback of an error."),
 ):
-    """Score a trained adapter on a task split; prints the metrics as JSON."""
-    from dept.scoring import evaluate
-    from dept.tasks import get_task
+    """Score a trained adapter on a task split (with the run's split rule, seed and data); prints the metrics as JSON."""
     from dept.precision import resolve_precision
+    from dept.tasks.splits import SPLIT_RULES
 
     _setup_logging(verbose)
-    trained, tokenizer, run = _load_trained(adapter, model)
-    spec = get_task(task, **(run.get("task_options", {}) if task == run.get("task") else {}))
-    examples = spec.load(data_dir=str(data_dir) if data_dir else None, split_rule=split_rule)[split][:samples]
-    max_length = run.get("method", {}).get("max_length", 256)
-    metrics, _ = evaluate(trained, tokenizer, _kind(trained), spec, examples, max_length, scoring, batch_size, resolve_precision(precision))
+    check_choice("--split", split, SPLITS)
+    check_choice("--scoring", scoring, SCORINGS)
+    check_choice("--precision", precision, PRECISIONS)
+    check_at_least("--batch-size", batch_size, 1)
+    check_at_least("--samples", samples, 0)
+    check_at_least("--max-length", max_length, 1)
+    trained = Trained(adapter, model)
+    spec = _task(task, trained.run)
+    data_dir = trained.setting("data_dir", "--data-dir", str(data_dir) if data_dir else None, None)
+    split_rule = trained.setting("split_rule", "--split-rule", split_rule, T.split_rule)
+    check_choice("--split-rule", split_rule, SPLIT_RULES)
+    seed = trained.setting("seed", "--seed", seed, T.seed)
+    max_length = trained.setting("max_length", "--max-length", max_length, trained.max_length or M.max_length)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UsageError(f"--data-dir {data_dir} (given, or the run's) is not a folder; pass the folder that holds glue/ and superglue/.")
+    examples = spec.load(data_dir=data_dir, split_rule=split_rule, seed=seed, use_hub=data_dir is None)[split][:samples]
+
+    from dept.scoring import evaluate
+    from dept.train import count_truncated
+
+    model_, tokenizer = trained.load()
+    kind = _kind(model_)
+    cut = count_truncated(tokenizer, examples, kind, max_length)
+    if cut:
+        logger.warning("%d of %d examples are longer than max_length=%d tokens; their source text is cut to fit.",
+                       cut, len(examples), max_length)
+    metrics, _ = evaluate(model_, tokenizer, kind, spec, examples, max_length, scoring, batch_size, resolve_precision(precision))
     typer.echo(json.dumps({"task": task, "split": split, "examples": len(examples), **metrics}, indent=2))
+
+
+def _read_inputs(path: Path) -> list[str]:
+    """One input per line: a JSON object with a string 'source' (or 'text'), or plain text."""
+    name = "stdin" if str(path) == "-" else str(path)
+    if name != "stdin" and not path.is_file():
+        raise UsageError(f"--input {path} is not a file.")
+    text = sys.stdin.read() if name == "stdin" else path.read_text(encoding="utf-8")
+    sources = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("{"):
+            sources.append(line.rstrip("\r"))
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{name} line {lineno}: invalid JSON ({err.msg} at column {err.colno}); give one JSON "
+                             "object or one plain text per line.") from None
+        key = "source" if "source" in record else "text"
+        if key not in record:
+            raise UsageError(f"{name} line {lineno}: JSON object without a 'source' or 'text' field.")
+        if not isinstance(record[key], str):
+            raise UsageError(f"{name} line {lineno}: field {key!r} must be a string, not {type(record[key]).__name__}.")
+        sources.append(record[key])
+    return sources
 
 
 @app.command()
 def predict(
-    adapter: Path = typer.Option(..., exists=True, file_okay=False),
+    adapter: Path = typer.Option(..., exists=True, file_okay=False, help="Adapter folder (RUN/best), or a run folder: its best/ is used."),
     input: Path = typer.Option(Path("-"), help="JSONL (a 'source' or 'text' field) or plain text lines; - = stdin."),
     output: Path = typer.Option(Path("-"), help="JSONL out; - = stdout."),
     task: Optional[str] = typer.Option(None, help="Rank this task's labels instead of generating."),
     model: Optional[str] = typer.Option(None),
     max_new_tokens: int = typer.Option(20),
     batch_size: int = typer.Option(16),
-    precision: str = typer.Option("auto"),
+    precision: str = typer.Option(T.precision, help="auto | bf16 | fp32"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress; show the traceback of an error."),
 ):
     """Predict for new inputs: ranked label (with --task) or generated text, one JSON line each."""
+    _setup_logging(verbose)
+    check_choice("--precision", precision, PRECISIONS)
+    check_at_least("--batch-size", batch_size, 1)
+    check_at_least("--max-new-tokens", max_new_tokens, 1)
+    if str(output) != "-" and (output.is_dir() or not output.parent.is_dir()):
+        raise UsageError(f"--output {output} is a folder or lies in a missing one; give a file (or - for stdout).")
+    trained = Trained(adapter, model)
+    spec = _task(task, trained.run) if task else None
+    sources = _read_inputs(input)
+    if not sources:
+        return
+    max_length = trained.setting("max_length", "--max-length", None, trained.max_length or M.max_length)
+
     from dept.scoring import candidates_for, generate_texts, rank_scores
-    from dept.tasks import get_task
     from dept.precision import resolve_precision
 
-    _setup_logging(False)
-    trained, tokenizer, run = _load_trained(adapter, model)
-    kind = _kind(trained)
-    max_length = run.get("method", {}).get("max_length", 256)
-    stream = sys.stdin if str(input) == "-" else open(input, encoding="utf-8")
-    sources = []
-    for line in stream:
-        line = line.rstrip("\n")
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            record = json.loads(line)
-            if "source" not in record and "text" not in record:
-                raise typer.BadParameter(f"JSON line without a 'source' or 'text' field: {line[:80]}")
-            sources.append(record.get("source", record.get("text")))
-        else:
-            sources.append(line)
+    model_, tokenizer = trained.load()
+    kind = _kind(model_)
     precision = resolve_precision(precision)
-    if task:
-        candidates, values = candidates_for(get_task(task))
-        scores = rank_scores(trained, tokenizer, kind, sources, candidates, max_length, batch_size, precision)
+    if spec is not None:
+        candidates, values = candidates_for(spec)
+        scores = rank_scores(model_, tokenizer, kind, sources, candidates, max_length, batch_size, precision)
         rows = [{"source": s, "prediction": candidates[int(sc.argmax())],
                  **({"expected_value": float((sc.softmax(-1) * values).sum())} if values is not None else {})}
                 for s, sc in zip(sources, scores)]
     else:
-        texts = generate_texts(trained, tokenizer, kind, sources, max_length, max_new_tokens, batch_size, precision)
+        texts = generate_texts(model_, tokenizer, kind, sources, max_length, max_new_tokens, batch_size, precision)
         rows = [{"source": s, "prediction": t} for s, t in zip(sources, texts)]
     out = sys.stdout if str(output) == "-" else open(output, "w", encoding="utf-8")
     for row in rows:
@@ -223,9 +342,13 @@ def predict(
 def convert(
     src: Path = typer.Argument(..., exists=True, file_okay=False, help="Official DePT checkpoint folder."),
     dst: Path = typer.Argument(..., help="Output folder (dept format: safetensors + JSON)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the traceback of an error."),
 ):
     """Convert an official DePT checkpoint (pickled .bin) to dept's safetensors format."""
     from dept.checkpoint import convert_official
+
+    if dst.exists() and not dst.is_dir():
+        raise UsageError(f"{dst} is a file; give a folder for the converted adapter.")
 
     config = convert_official(src, dst)
     typer.echo(f"wrote {dst}: m={config.prompt_length} r={config.rank} s={config.max_length}")
@@ -249,9 +372,38 @@ def _register_bench() -> None:
 _register_bench()
 
 
-def main() -> None:
-    app()
+def _one_line(err: BaseException) -> str:
+    sources = sys.modules.get("dept.tasks.sources")
+    if sources is not None and isinstance(err, sources.DataNotFoundError):
+        return f"No data found for task {err.task!r} ({'; '.join(err.tried)}). To fix: {'; '.join(err.fixes)}."
+    text = str(err) if str(err) else type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The console script: one `error:` line and exit status 2 for each user mistake; --verbose adds the traceback.
+    Other exceptions are bugs in dept and propagate with their traceback."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    verbose = "--verbose" in args or "-v" in args
+    try:
+        code = app(args, prog_name="dept", standalone_mode=False)
+    except ClickException as err:  # unknown command or option, a missing or malformed value
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `dept`: the help, as click shows it
+            typer.echo(err.format_message(), err=True)
+            return 2
+        message, cause = err.format_message(), err
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        return 1
+    except USER_ERRORS as err:
+        message, cause = _one_line(err), err
+    else:
+        return code if isinstance(code, int) else 0
+    if verbose:
+        traceback.print_exception(cause)
+    typer.echo(f"error: {message}", err=True)
+    return 2
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,9 +5,7 @@ its optimizer, and knows how to save and reload what it trained."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -16,28 +14,12 @@ from dept._extras import requires
 from dept.config import DePTConfig
 from dept.model import DePTModel
 from dept.optim import create_optimizer
+from dept.options import METHODS, MethodOptions, UsageError
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("dept", "pt", "lora", "full")
 LORA_TARGET_MODULES = "all-linear"
 
-
-@dataclass
-class MethodOptions:
-    method: str = "dept"
-    budget: int = 100
-    prompt_length: int = 60
-    rank: Optional[int] = None
-    max_length: int = 256
-    lora_rank: int = 8
-    lr_prompt: float = 3e-1
-    lr_lowrank: float = 1e-4
-    lr: float = 5e-4  # LoRA and full fine-tuning
-    init_from: Optional[str] = None
-    reset_lowrank_b: bool = False
-    prompt_init: str = "text"
-    seed: int = 42
 
 
 def dept_config(opts: MethodOptions, hidden_size: int) -> DePTConfig:
@@ -45,14 +27,25 @@ def dept_config(opts: MethodOptions, hidden_size: int) -> DePTConfig:
     common = dict(max_length=opts.max_length, prompt_init=opts.prompt_init, seed=opts.seed)
     if opts.method == "pt":
         return DePTConfig(prompt_length=opts.budget, rank=0, **common)
-    if opts.rank is not None:
-        return DePTConfig(prompt_length=opts.prompt_length, rank=opts.rank, **common)
-    return DePTConfig.from_budget(opts.budget, opts.prompt_length, hidden_size, **common)
+    if opts.rank is None:
+        return DePTConfig.from_budget(opts.budget, opts.prompt_length, hidden_size, **common)
+    limit = min(opts.max_length, hidden_size)
+    if opts.rank > limit:
+        raise UsageError(f"--rank {opts.rank} is above min(s={opts.max_length}, d={hidden_size}) = {limit}: A·B cannot "
+                         f"have a higher rank; choose --rank <= {limit}.")
+    config = DePTConfig(prompt_length=opts.prompt_length, rank=opts.rank, **common)
+    used, budget = config.num_trainable(hidden_size), opts.budget * hidden_size
+    if used > budget:
+        # An explicit rank is the user's call; say what it costs against the budget PT would get.
+        logger.warning("DePT m=%d, r=%d trains %d parameters, %d over the budget of %d prompt tokens (%d parameters); "
+                       "leave --rank out for the budget-matched rank.", opts.prompt_length, opts.rank, used,
+                       used - budget, opts.budget, budget)
+    return config
 
 
 def build(opts: MethodOptions, backbone, tokenizer, kind: str) -> nn.Module:
     if opts.method not in METHODS:
-        raise ValueError(f"Unknown method {opts.method!r}; choose one of {METHODS}.")
+        raise UsageError(f"Unknown method {opts.method!r}; choose one of {', '.join(METHODS)}.")
     if opts.method in ("dept", "pt"):
         if opts.init_from:
             model = DePTModel.from_pretrained(backbone, opts.init_from, is_trainable=True, tokenizer=tokenizer)

@@ -6,6 +6,10 @@ checkpoint). Accelerate gives DDP/FSDP, mixed precision and device placement.
 
 The data order is a pure function of (seed, step), so a killed run resumed from its last
 checkpoint replays exactly the batches an uninterrupted run would have seen.
+
+A run never loses or mixes work: it holds an OS lock on its output folder, refuses a folder that
+already holds a run unless told to --resume (same task, method, model and adapter shape) or to
+--overwrite it, and never saves parameters that are not finite.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +34,7 @@ from dept.data import encode, pad_batch, pad_id
 from dept.kinds import model_kind
 from dept.loss import label_count, lm_loss
 from dept.optim import create_scheduler
+from dept.options import MethodOptions, TrainOptions, UsageError
 from dept.precision import autocast, resolve_precision
 from dept.scoring import evaluate
 
@@ -38,6 +43,11 @@ with requires("train"):
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no folder lock
+    fcntl = None
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
@@ -45,35 +55,15 @@ BEST = "best"
 RUN_FILE = "run.json"
 
 
-@dataclass
-class TrainOptions:
-    task: str = "glue/stsb"
-    model: str = "smollm2-135m"
-    output_dir: str = "runs/dept"
-    data_dir: Optional[str] = None
-    split_rule: str = "paper"
-    method: methods.MethodOptions = field(default_factory=methods.MethodOptions)
-    max_steps: int = 300
-    batch_size: int = 16
-    grad_accum: int = 1
-    warmup_steps: Optional[int] = None  # default: min(500, max_steps // 10)
-    max_grad_norm: float = 1.0
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    eval_every: int = 100
-    eval_samples: Optional[int] = None
-    test_samples: Optional[int] = None
-    eval_batch_size: int = 32
-    patience: Optional[int] = None
-    scoring: str = "rank"
-    k_shot: Optional[int] = None
-    seed: int = 42
-    resume: bool = False
-    log_every: int = 10
-    zero_shot: bool = False
-    tensorboard: bool = False
-    test: bool = True
-    task_options: dict = field(default_factory=dict)  # custom csv:/jsonl: tasks: text_fields, label_field
+LOCK_FILE = ".lock"
+# What a run writes into its folder; any of them there means the folder holds a run.
+RUN_FILES = (RUN_FILE, "metrics.jsonl", "results.json", "training_curve.png", BEST, CHECKPOINT, "tensorboard")
+# What a --resume must share with the run it continues; anything else may change (with a note).
+RESUME_MUST_MATCH = ("task", "task_options", "model", "split_rule", "seed", "k_shot", "method.method", "method.budget",
+                     "method.prompt_length", "method.rank", "method.max_length", "method.lora_rank", "method.prompt_init")
+RESUME_IGNORED = ("resume", "overwrite", "output_dir")
+
+__all__ = ["MethodOptions", "TrainOptions", "Run", "train", "count_truncated"]
 
 
 def batch_rows(step: int, micro: int, opts: TrainOptions, n: int, rank: int, world: int) -> list[int]:
@@ -125,20 +115,117 @@ def _restorable(target: Path) -> Optional[Path]:
     return target if target.exists() else (old if old.exists() else None)
 
 
+class FolderLock:
+    """An exclusive flock on OUT/.lock, so two runs never write into one folder at once. The OS drops
+    it when the process dies, so a killed run leaves no stale lock; the file names the holder's PID."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = open(folder / LOCK_FILE, "a+", encoding="utf-8")
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise UsageError(f"{folder} is in use by another dept run (pid {holder}); wait for it to finish "
+                             "or choose another --output-dir.") from None
+        self.file.truncate(0)
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            self.file.close()  # closing drops the flock
+
+
+def _flat(options: dict, prefix: str = "") -> dict:
+    """{"method": {"rank": 2}} -> {"method.rank": 2}, to compare two run.json files field by field."""
+    out = {}
+    for key, value in options.items():
+        if isinstance(value, dict) and key != "task_options":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def count_truncated(tokenizer, examples, kind: str, max_length: int, encoded=None) -> int:
+    """How many rows lose source tokens to max_length (encode() cuts the source, never the label)."""
+    if encoded is None:
+        encoded = [encode(tokenizer, e.source, None if kind == "classification" else e.target, kind, max_length)
+                   for e in examples]
+    full = tokenizer([e.source for e in examples])["input_ids"] if examples else []
+    kept = [enc.labels.count(-100) if kind == "causal" else len(enc.input_ids) for enc in encoded]
+    return sum(k < len(f) for k, f in zip(kept, full))
+
+
 class Run:
     """State of one training run; `fit()` is the whole job."""
 
     def __init__(self, opts: TrainOptions):
+        opts.validate()
         self.opts = opts
-        self.out = Path(opts.output_dir)
+        self.out = opts.out
         from dept.tasks import get_task
 
         self.task = get_task(opts.task, **opts.task_options)
         self.precision = resolve_precision(opts.precision)
         # Autocast is ours (dept.precision.autocast), so runs of different precision can share a process.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.lock: Optional[FolderLock] = None
+        try:
+            self._claim_output()
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _claim_output(self) -> None:
+        """Lock the output folder and check it can take this run, before anything loads or is written."""
+        refusal = None
+        if self.accelerator.is_main_process:
+            try:
+                self.lock = FolderLock(self.out)
+                self._check_output()
+            except UsageError as err:
+                refusal = err
+        refusal = self._broadcast(refusal)
+        if refusal is not None:
+            raise refusal
+
+    def _check_output(self) -> None:
+        held = [name for name in RUN_FILES if _restorable(self.out / name) is not None]
+        if self.opts.resume:
+            if (self.out / RUN_FILE).is_file():
+                self._check_resume()
+        elif held and not self.opts.overwrite:
+            raise UsageError(f"{self.out} already holds a run ({', '.join(held)}); pass --resume to continue it or "
+                             "--overwrite to replace it.")
+
+    def _check_resume(self) -> None:
+        """--resume continues the same training: refuse another task, method, model or adapter shape."""
+        try:
+            stored = _flat(json.loads((self.out / RUN_FILE).read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise UsageError(f"{self.out / RUN_FILE} is unreadable ({err}); --overwrite starts the run afresh.") from None
+        new = _flat(json.loads(json.dumps(_jsonable(self.opts))))
+        changed = {k: (stored[k], v) for k, v in new.items() if k in stored and stored[k] != v and k not in RESUME_IGNORED}
+        clashes = [f"{k} {old!r} -> {value!r}" for k, (old, value) in changed.items() if k in RESUME_MUST_MATCH]
+        if clashes:
+            raise UsageError(f"--resume: {self.out} holds a different run ({'; '.join(clashes)}); use the same options, "
+                             "or another --output-dir for a new run.")
+        if changed:
+            logger.warning("--resume with changed options: %s", "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+
+    def _load(self) -> None:
+        opts = self.opts
         set_seed(opts.seed)
-        splits = self.task.load(data_dir=opts.data_dir, split_rule=opts.split_rule, seed=opts.seed)
+        # An explicit data folder means those files: no silent fallback to the hub (and its retries).
+        splits = self.task.load(data_dir=opts.data_dir, split_rule=opts.split_rule, seed=opts.seed,
+                                use_hub=opts.data_dir is None)
         self.train_set = splits["train"]
         if opts.k_shot:
             from dept.tasks import k_shot
@@ -148,7 +235,7 @@ class Run:
         self.test_set = splits["test"][: opts.test_samples] if opts.test_samples is not None else splits["test"]
         for name, split in (("train", self.train_set), ("validation", self.val_set)):
             if not split:
-                raise ValueError(f"The {name} split of {opts.task} is empty; check the data source.")
+                raise UsageError(f"The {name} split of {opts.task} is empty; check the data source.")
         self.backbone, self.tokenizer = load_backbone(opts.model)
         self.kind = model_kind(self.backbone)
         self.model = methods.build(opts.method, self.backbone, self.tokenizer, self.kind)
@@ -156,12 +243,31 @@ class Run:
             target = self.model if hasattr(self.model, "gradient_checkpointing_enable") else self.backbone
             target.gradient_checkpointing_enable()
         self.encoded = [self._encode(e) for e in self.train_set]
+        self._warn_truncation()
         self.optimizer = methods.optimizer_for(opts.method, self.model)
         warmup = opts.warmup_steps if opts.warmup_steps is not None else min(500, opts.max_steps // 10)
         self.scheduler = create_scheduler(self.optimizer, warmup, opts.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.state: dict[str, Any] = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "train_seconds": 0.0,
                                       "zero_shot": None}
+        self.saved_step: Optional[int] = None  # step of the checkpoint on disk (all saves are finite)
+
+    def _warn_truncation(self) -> None:
+        """One warning per run: silently cut inputs (RTE's second sentence) would be a silent loss."""
+        max_length, kind = self.opts.method.max_length, self.kind
+        cut = count_truncated(self.tokenizer, self.train_set, kind, max_length, [enc for enc, _ in self.encoded])
+        held_out = self.val_set + self.test_set
+        cut_eval = count_truncated(self.tokenizer, held_out, kind, max_length)
+        if (cut or cut_eval) and self.accelerator.is_main_process:
+            logger.warning("%s: %d of %d training rows and %d of %d validation/test rows are longer than max_length=%d "
+                           "tokens; their source text is cut to fit (raise --max-length to keep it).", self.opts.task,
+                           cut, len(self.train_set), cut_eval, len(held_out), max_length)
+
+    def close(self) -> None:
+        """Release the output folder (also done by the OS if the process dies)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # ----- pieces ------------------------------------------------------------------------------
     def _encode(self, example):
@@ -193,7 +299,22 @@ class Run:
                     if isinstance(value, (int, float)) and key != "step":
                         self.writer.add_scalar(key, value, record["step"])
 
+    def _advice(self) -> str:
+        fix = "lower the learning rates (--lr-prompt/--lr-lowrank/--lr) or use --precision fp32"
+        if self.saved_step is None:
+            return f"No checkpoint was saved yet: {fix} and rerun with --overwrite."
+        return f"The last finite checkpoint is {self.out / CHECKPOINT} (step {self.saved_step}): {fix} and rerun with --resume."
+
+    def _check_finite(self) -> None:
+        """Never save a diverged model: a NaN checkpoint would become best/ and break every --resume."""
+        for name, param in self.unwrapped.named_parameters():
+            if param.requires_grad and not torch.isfinite(param).all():
+                raise FloatingPointError(f"Parameter {name} is not finite after step {self.state['step']} of "
+                                         f"{self.opts.task}; it was not saved. {self._advice()}")
+
     def _save_checkpoint(self) -> None:
+        self._check_finite()
+        self.saved_step = self.state["step"]
         if not self.accelerator.is_main_process:
             return
 
@@ -214,12 +335,24 @@ class Run:
         saved = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        self._apply_learning_rates()
         torch.set_rng_state(saved["rng"])
         self.state = json.loads((path / "state.json").read_text())
+        self.saved_step = self.state["step"]
         logger.info("resumed from %s at step %d", path, self.state["step"])
         return True
 
+    def _apply_learning_rates(self) -> None:
+        """The restored optimizer carries the old run's rates; a --resume may change them (and max_steps),
+        so put this run's rates on the restored schedule (the same numbers when nothing changed)."""
+        m = self.opts.method
+        rates = {"prompt": m.lr_prompt, "lowrank": m.lr_lowrank, "all": m.lr}
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["initial_lr"] = self.scheduler.base_lrs[i] = rates[group["name"]]
+            group["lr"] = rates[group["name"]] * self.scheduler.lr_lambdas[i](self.scheduler.last_epoch)
+
     def _eval_and_select(self) -> dict:
+        self._check_finite()
         metrics = {}
         if self.accelerator.is_main_process:
             metrics = self._evaluate(self.val_set)
@@ -240,10 +373,27 @@ class Run:
 
         return broadcast_object_list([obj])[0]
 
+    def _clear_output(self) -> None:
+        """--overwrite: remove what the previous run wrote (only a run's own files; the lock stays)."""
+        for name in RUN_FILES:
+            for path in (self.out / name, self.out / f".{name}.tmp", self.out / f".{name}.old"):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+
     # ----- the job -----------------------------------------------------------------------------
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict:
         opts = self.opts
         self.out.mkdir(parents=True, exist_ok=True)
+        if opts.overwrite and self.accelerator.is_main_process:
+            self._clear_output()
         self.writer = None
         if opts.tensorboard and self.accelerator.is_main_process:
             try:
@@ -285,11 +435,8 @@ class Run:
                     with autocast(device, self.precision):
                         loss = lm_loss(self.model, batch, self.kind, reduction="sum")
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"Loss is {loss.item()} at step {self.state['step']} of {opts.task}; lower the learning "
-                            f"rates (--lr-prompt/--lr-lowrank/--lr) or use --precision fp32. The last checkpoint in "
-                            f"{self.out / CHECKPOINT} is intact; fix and rerun with --resume."
-                        )
+                        raise FloatingPointError(f"Loss is {loss.item()} at step {self.state['step']} of {opts.task}. "
+                                                 f"{self._advice()}")
                     self.accelerator.backward(loss * world / max(total, 1.0))
                 loss_sum += loss.item()
             samples = opts.batch_size * opts.grad_accum
@@ -309,13 +456,17 @@ class Run:
                             sps=f"{samples / elapsed:.1f}")
             if step % opts.log_every == 0 or step == 1:
                 self._log({"step": step, "loss": mean_loss, **lrs, "samples_per_s": samples / elapsed})
-            if step % opts.eval_every == 0 or step == opts.max_steps:
+            eval_now = step % opts.eval_every == 0 or step == opts.max_steps
+            if eval_now:
                 self._eval_and_select()
-                self._save_checkpoint()
-                self.accelerator.wait_for_everyone()
                 if opts.patience and self.state["bad_evals"] >= opts.patience:
                     logger.info("early stop at step %d: no gain in %d evaluations", step, opts.patience)
                     stop = True
+            save_now = step % (opts.save_every or opts.eval_every) == 0 or step == opts.max_steps or stop
+            if save_now:
+                self._save_checkpoint()
+            if eval_now or save_now:
+                self.accelerator.wait_for_everyone()
         bar.close()
         return self._finish(device)
 
