@@ -27,8 +27,16 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=1,
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -36,8 +44,16 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 def tiny_t5(seed: int = 0, d_model: int = 32) -> T5ForConditionalGeneration:
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=100, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0,
+        vocab_size=100,
+        d_model=d_model,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        dropout_rate=0.0,
     )
     return T5ForConditionalGeneration(config).eval()
 
@@ -45,8 +61,13 @@ def tiny_t5(seed: int = 0, d_model: int = 32) -> T5ForConditionalGeneration:
 def tiny_bert_classifier(seed: int = 0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=256, num_labels=3,
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        num_labels=3,
     )
     return BertForSequenceClassification(config).eval()
 

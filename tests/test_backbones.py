@@ -30,8 +30,8 @@ from dept.offline import (
     backbone_cache_root,
     converted_backbone_dir,
 )
-from tiny import make_tiny_llama, make_tiny_t5, make_tiny_tokenizer
 
+from tiny import make_tiny_llama, make_tiny_t5, make_tiny_tokenizer
 
 # --------------------------------------------------------------------------- helpers
 

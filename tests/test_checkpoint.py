@@ -9,10 +9,11 @@ from peft import PeftModel, PromptTuningConfig, TaskType, get_peft_model
 from safetensors.torch import load_file
 from transformers import T5Config, T5ForConditionalGeneration
 
-from conftest import OFFICIAL_DIR, batch, decoder_ids, randomize_update, run, tiny_llama, tiny_t5
 from dept import DePTConfig, DePTModel, convert_official
 from dept.checkpoint import export_peft
 from dept.optim import create_optimizer
+
+from conftest import OFFICIAL_DIR, batch, decoder_ids, randomize_update, run, tiny_llama, tiny_t5
 
 CFG = DePTConfig(prompt_length=5, rank=3, max_length=16, prompt_init="vocab")
 OFFICIAL = ["cola", "sst2", "nq", "hotpotqa", "superglue-wic"]
@@ -22,7 +23,11 @@ def test_save_load_gives_identical_outputs(backbone, tmp_path):
     dm = DePTModel(backbone, CFG)
     randomize_update(dm)
     dm.save_pretrained(tmp_path)
-    assert set(load_file(tmp_path / "adapter_model.safetensors")) == {"prompt_embeddings", "lora_embedding_A", "lora_embedding_B"}
+    assert set(load_file(tmp_path / "adapter_model.safetensors")) == {
+        "prompt_embeddings",
+        "lora_embedding_A",
+        "lora_embedding_B",
+    }
     meta = json.loads((tmp_path / "adapter_config.json").read_text())
     assert meta["peft_type"] == "DEPT" and meta["dept_version"] and meta["backbone"]["hidden_size"] == 32
     loaded = DePTModel.from_pretrained(backbone, tmp_path)
@@ -91,13 +96,24 @@ def test_resuming_continues_from_the_saved_tensors(tmp_path):
 
 @pytest.fixture(scope="module")
 def t5_base_shaped():
-    config = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    config = T5Config(
+        vocab_size=32128,
+        d_model=768,
+        d_kv=64,
+        d_ff=3072,
+        num_layers=12,
+        num_heads=12,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     torch.manual_seed(0)
     return T5ForConditionalGeneration(config).eval()
 
 
-@pytest.mark.skipif(not OFFICIAL_DIR.is_dir(), reason="official DePT checkpoints (../shared/reference/dept-official) absent")
+@pytest.mark.skipif(
+    not OFFICIAL_DIR.is_dir(), reason="official DePT checkpoints (../shared/reference/dept-official) absent"
+)
 def test_official_checkpoints_load_into_a_t5_base_shaped_model(t5_base_shaped, caplog):
     dm = DePTModel(t5_base_shaped)
     for name in OFFICIAL:

@@ -9,16 +9,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import dept.backbones
 import dept.train
-from conftest import OFFICIAL_DIR
 from dept.cli import app, main
 from dept.methods import MethodOptions
 from dept.train import TrainOptions
+
+from conftest import OFFICIAL_DIR
 from tiny import make_tiny_llama, make_tiny_tokenizer
 
 runner = CliRunner()
@@ -29,7 +29,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     tok = make_tiny_tokenizer(root / "model", add_eos=False)
     make_tiny_llama(root / "model", tokenizer=tok)
-    lines = ["text,label"] + [f"sample {i} is {'fine' if i % 2 else 'poor'},{'yes' if i % 2 else 'no'}" for i in range(30)]
+    lines = ["text,label"] + [
+        f"sample {i} is {'fine' if i % 2 else 'poor'},{'yes' if i % 2 else 'no'}" for i in range(30)
+    ]
     (root / "task.csv").write_text("\n".join(lines) + "\n")
     result = runner.invoke(app, train_args(root, root / "run"))
     assert result.exit_code == 0, result.output
@@ -37,10 +39,36 @@ def trained(tmp_path_factory):
 
 
 def train_args(root, out, *extra):
-    return ["train", "--task", f"csv:{root / 'task.csv'}", "--text-fields", "text", "--label-field", "label",
-            "--model", str(root / "model"), "--max-steps", "2", "--batch-size", "4", "--eval-every", "2", "--seed", "7",
-            "--precision", "fp32", "--prompt-length", "3", "--rank", "2", "--max-length", "32",
-            "--output-dir", str(out), *extra]
+    return [
+        "train",
+        "--task",
+        f"csv:{root / 'task.csv'}",
+        "--text-fields",
+        "text",
+        "--label-field",
+        "label",
+        "--model",
+        str(root / "model"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "2",
+        "--seed",
+        "7",
+        "--precision",
+        "fp32",
+        "--prompt-length",
+        "3",
+        "--rank",
+        "2",
+        "--max-length",
+        "32",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def cli(capsys, *args, stdin=None, monkeypatch=None):
@@ -65,7 +93,9 @@ def one_error_line(code, err, *fragments, alone=True):
 
 def snapshot(folder):
     """Every file of a run folder (the lock file aside) and its bytes."""
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
 
 
 @pytest.fixture
@@ -87,8 +117,20 @@ def test_train_prints_a_summary(trained):
 
 
 def test_eval_reads_the_backbone_from_the_run(trained):
-    result = runner.invoke(app, ["eval", "--adapter", str(trained / "run" / "best"), "--task", f"csv:{trained / 'task.csv'}",
-                                 "--split", "validation", "--precision", "fp32"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--adapter",
+            str(trained / "run" / "best"),
+            "--task",
+            f"csv:{trained / 'task.csv'}",
+            "--split",
+            "validation",
+            "--precision",
+            "fp32",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["split"] == "validation" and 0 <= metrics["accuracy"] <= 100
@@ -98,8 +140,22 @@ def test_predict_ranks_or_generates(trained, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"source": "text: sample 3 is fine"}\nplain text line\n')
     out = tmp_path / "out.jsonl"
-    result = runner.invoke(app, ["predict", "--adapter", str(trained / "run" / "best"), "--input", str(inp),
-                                 "--output", str(out), "--max-new-tokens", "3", "--precision", "fp32"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--adapter",
+            str(trained / "run" / "best"),
+            "--input",
+            str(inp),
+            "--output",
+            str(out),
+            "--max-new-tokens",
+            "3",
+            "--precision",
+            "fp32",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(isinstance(r["prediction"], str) for r in rows)
@@ -143,8 +199,10 @@ def test_overwrite_replaces_the_run(trained, tmp_path, capsys):
 def test_a_folder_in_use_is_refused_with_the_holders_pid(trained, tmp_path, capsys):
     folder = tmp_path / "run"
     folder.mkdir()
-    hold = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "f.truncate(0); f.write(str(os.getpid())); f.flush(); print('locked', flush=True); time.sleep(120)")
+    hold = (
+        "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.truncate(0); f.write(str(os.getpid())); f.flush(); print('locked', flush=True); time.sleep(120)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", hold, str(folder / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -158,8 +216,14 @@ def test_a_folder_in_use_is_refused_with_the_holders_pid(trained, tmp_path, caps
     assert code == 0, err
 
 
-@pytest.mark.parametrize("change, field", [(["--task", "OTHER"], "task"), (["--prompt-length", "4"], "method.prompt_length"),
-                                           (["--method", "pt"], "method.method")])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (["--task", "OTHER"], "task"),
+        (["--prompt-length", "4"], "method.prompt_length"),
+        (["--method", "pt"], "method.method"),
+    ],
+)
 def test_resume_refuses_another_run_before_writing_anything(trained, tmp_path, capsys, no_backbone, change, field):
     shutil.copytree(trained / "run", tmp_path / "run")
     (tmp_path / "other.csv").write_text((trained / "task.csv").read_text())
@@ -173,7 +237,9 @@ def test_resume_refuses_another_run_before_writing_anything(trained, tmp_path, c
 # ----- 4: non-finite values --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag, value", [("--lr-prompt", "inf"), ("--lr-lowrank", "nan"), ("--lr", "0"), ("--lr-prompt", "-1")])
+@pytest.mark.parametrize(
+    "flag, value", [("--lr-prompt", "inf"), ("--lr-lowrank", "nan"), ("--lr", "0"), ("--lr-prompt", "-1")]
+)
 def test_bad_learning_rates_are_refused_at_the_start(trained, tmp_path, capsys, no_backbone, flag, value):
     code, _, err = cli(capsys, *train_args(trained, tmp_path / "run", flag, value))
     one_error_line(code, err, flag)
@@ -191,10 +257,13 @@ def nan_copy(trained, tmp_path):
 
 def test_eval_and_predict_refuse_non_finite_weights(trained, tmp_path, capsys, monkeypatch, no_backbone):
     adapter = nan_copy(trained, tmp_path)
-    code, _, err = cli(capsys, "eval", "--adapter", adapter, "--task", f"csv:{trained / 'task.csv'}", "--model", trained / "model")
+    code, _, err = cli(
+        capsys, "eval", "--adapter", adapter, "--task", f"csv:{trained / 'task.csv'}", "--model", trained / "model"
+    )
     one_error_line(code, err, "lora_embedding_A", "NaN")
-    code, _, err = cli(capsys, "predict", "--adapter", adapter, "--model", trained / "model", stdin="hello\n",
-                        monkeypatch=monkeypatch)
+    code, _, err = cli(
+        capsys, "predict", "--adapter", adapter, "--model", trained / "model", stdin="hello\n", monkeypatch=monkeypatch
+    )
     one_error_line(code, err, "lora_embedding_A", "NaN")
 
 
@@ -218,7 +287,9 @@ def test_eval_on_a_run_folder_uses_best_and_the_runs_split(trained, capsys, monk
     assert "best" in caplog.text and json.loads(out)["split"] == "validation"
     run_split = get_task(task, text_fields=["text"], label_field="label").load(seed=7)["validation"]
     assert seen["sources"] == [e.source for e in run_split]  # the run's seed (7), not the default 42
-    code, _, err = cli(capsys, "eval", "--adapter", trained / "run", "--task", task, "--split", "validation", "--seed", "3")
+    code, _, err = cli(
+        capsys, "eval", "--adapter", trained / "run", "--task", task, "--split", "validation", "--seed", "3"
+    )
     assert code == 0 and "--seed 3 overrides the run's seed=7" in caplog.text
 
 
@@ -229,7 +300,10 @@ def test_default_output_folder_is_task_then_method(tmp_path, monkeypatch, capsys
     (tmp_path / "mine.csv").write_text("text,label\na,b\n")
     assert cli(capsys, "train", "--task", "glue/rte", "--method", "pt")[0] == 0
     assert cli(capsys, "train", "--task", f"csv:{tmp_path / 'mine.csv'}")[0] == 0
-    assert [str(o.out) for o in captured] == [os.path.join("runs", "glue", "rte", "pt"), os.path.join("runs", "mine", "dept")]
+    assert [str(o.out) for o in captured] == [
+        os.path.join("runs", "glue", "rte", "pt"),
+        os.path.join("runs", "mine", "dept"),
+    ]
 
 
 # ----- 7: permissions ------------------------------------------------------------------------------------
@@ -245,26 +319,29 @@ def test_saved_files_get_the_usual_permissions(trained):
 # ----- 8: one line per mistake, before any backbone loads ---------------------------------------------------
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["train", "--task", "glue/nope"], ["glue/nope", "Known tasks"]),
-    (["train", "--task", "glue/rte", "--method", "nope"], ["--method", "dept, pt, lora, full"]),
-    (["train", "--task", "glue/rte", "--scoring", "foo"], ["--scoring", "rank, generate"]),
-    (["train", "--task", "glue/rte", "--precision", "fp8"], ["--precision"]),
-    (["train", "--task", "glue/rte", "--split-rule", "mine"], ["--split-rule"]),
-    (["train", "--task", "glue/rte", "--max-steps", "0"], ["--max-steps", "at least 1"]),
-    (["train", "--task", "glue/rte", "--eval-every", "0"], ["--eval-every"]),
-    (["train", "--task", "glue/rte", "--save-every", "-1"], ["--save-every"]),
-    (["train", "--task", "glue/rte", "--batch-size", "0"], ["--batch-size"]),
-    (["train", "--task", "glue/rte", "--rank", "300", "--max-length", "256"], ["--rank 300", "256"]),
-    (["train", "--task", "glue/rte", "--prompt-length", "120"], ["--prompt-length 120", "--budget"]),
-    (["train", "--task", "glue/rte", "--text-fields", "a"], ["--text-fields"]),
-    (["train", "--task", "glue/rte", "--resume", "--overwrite"], ["--resume", "--overwrite"]),
-    (["train", "--task", "glue/rte", "--max-steps", "x"], ["--max-steps"]),
-    (["train", "--task", "glue/rte", "--data-dir", "/nonexistent/data"], ["--data-dir", "/nonexistent/data"]),
-    (["trian"], ["No such command"]),
-    (["eval", "--adapter", "/nonexistent", "--task", "glue/rte"], ["--adapter", "/nonexistent"]),
-    (["convert", "/nonexistent", "out"], ["/nonexistent"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--task", "glue/nope"], ["glue/nope", "Known tasks"]),
+        (["train", "--task", "glue/rte", "--method", "nope"], ["--method", "dept, pt, lora, full"]),
+        (["train", "--task", "glue/rte", "--scoring", "foo"], ["--scoring", "rank, generate"]),
+        (["train", "--task", "glue/rte", "--precision", "fp8"], ["--precision"]),
+        (["train", "--task", "glue/rte", "--split-rule", "mine"], ["--split-rule"]),
+        (["train", "--task", "glue/rte", "--max-steps", "0"], ["--max-steps", "at least 1"]),
+        (["train", "--task", "glue/rte", "--eval-every", "0"], ["--eval-every"]),
+        (["train", "--task", "glue/rte", "--save-every", "-1"], ["--save-every"]),
+        (["train", "--task", "glue/rte", "--batch-size", "0"], ["--batch-size"]),
+        (["train", "--task", "glue/rte", "--rank", "300", "--max-length", "256"], ["--rank 300", "256"]),
+        (["train", "--task", "glue/rte", "--prompt-length", "120"], ["--prompt-length 120", "--budget"]),
+        (["train", "--task", "glue/rte", "--text-fields", "a"], ["--text-fields"]),
+        (["train", "--task", "glue/rte", "--resume", "--overwrite"], ["--resume", "--overwrite"]),
+        (["train", "--task", "glue/rte", "--max-steps", "x"], ["--max-steps"]),
+        (["train", "--task", "glue/rte", "--data-dir", "/nonexistent/data"], ["--data-dir", "/nonexistent/data"]),
+        (["trian"], ["No such command"]),
+        (["eval", "--adapter", "/nonexistent", "--task", "glue/rte"], ["--adapter", "/nonexistent"]),
+        (["convert", "/nonexistent", "out"], ["/nonexistent"]),
+    ],
+)
 def test_each_mistake_is_one_line(args, fragments, capsys, no_backbone):
     code, out, err = cli(capsys, *args)
     one_error_line(code, err, *fragments)
@@ -273,7 +350,11 @@ def test_each_mistake_is_one_line(args, fragments, capsys, no_backbone):
 
 def test_eval_predict_choices_are_checked_first(trained, capsys, no_backbone):
     best = trained / "run" / "best"
-    for args, fragment in ((["--split", "dev"], "--split"), (["--scoring", "foo"], "--scoring"), (["--task", "glue/nope"], "glue/nope")):
+    for args, fragment in (
+        (["--split", "dev"], "--split"),
+        (["--scoring", "foo"], "--scoring"),
+        (["--task", "glue/nope"], "glue/nope"),
+    ):
         code, _, err = cli(capsys, "eval", "--adapter", best, "--task", "glue/rte", *args)
         one_error_line(code, err, fragment)
 
@@ -289,8 +370,10 @@ def test_no_data_is_refused_at_once(capsys, monkeypatch, no_backbone, tmp_path):
     one_error_line(code, err, "No data found", str(tmp_path))  # a given folder: its files only, no hub
 
 
-@pytest.mark.parametrize("content, fragment", [("", "empty file"), ("text,label\n", "no examples"),
-                                               ("text,label\na,b,c\n", ":2: more columns")])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [("", "empty file"), ("text,label\n", "no examples"), ("text,label\na,b,c\n", ":2: more columns")],
+)
 def test_bad_custom_data_is_one_line(content, fragment, tmp_path, capsys, no_backbone):
     (tmp_path / "data.csv").write_text(content)
     code, _, err = cli(capsys, "train", "--task", f"csv:{tmp_path / 'data.csv'}", "--output-dir", tmp_path / "run")
@@ -324,9 +407,15 @@ def broken_adapters():
         del tensors["lora_embedding_B"]
         save_file(tensors, a / "adapter_model.safetensors")
 
-    return [(drop_weights, "adapter_model.safetensors"), (truncate, "adapter_model.safetensors"),
-            (garbage, "adapter_model.safetensors"), (json_list, "adapter_config.json"),
-            (no_config_key, "'config'"), (cut_json, "adapter_config.json"), (missing_tensor, "lora_embedding_B")]
+    return [
+        (drop_weights, "adapter_model.safetensors"),
+        (truncate, "adapter_model.safetensors"),
+        (garbage, "adapter_model.safetensors"),
+        (json_list, "adapter_config.json"),
+        (no_config_key, "'config'"),
+        (cut_json, "adapter_config.json"),
+        (missing_tensor, "lora_embedding_B"),
+    ]
 
 
 @pytest.mark.parametrize("breakage, fragment", broken_adapters(), ids=lambda x: getattr(x, "__name__", ""))
@@ -334,7 +423,9 @@ def test_broken_adapter_files_are_named(breakage, fragment, trained, tmp_path, c
     adapter = tmp_path / "adapter"
     shutil.copytree(trained / "run" / "best", adapter)
     breakage(adapter)
-    code, _, err = cli(capsys, "eval", "--adapter", adapter, "--task", f"csv:{trained / 'task.csv'}", "--model", trained / "model")
+    code, _, err = cli(
+        capsys, "eval", "--adapter", adapter, "--task", f"csv:{trained / 'task.csv'}", "--model", trained / "model"
+    )
     one_error_line(code, err, fragment, str(adapter))
 
 
@@ -353,17 +444,38 @@ def test_adapter_for_another_backbone(trained, tmp_path, capsys):
     tok = make_tiny_tokenizer(tmp_path / "wide", add_eos=False)
     make_tiny_llama(tmp_path / "wide", tokenizer=tok, hidden_size=48)
     capsys.readouterr()
-    code, _, err = cli(capsys, "eval", "--adapter", trained / "run" / "best", "--task", f"csv:{trained / 'task.csv'}",
-                        "--model", tmp_path / "wide")
+    code, _, err = cli(
+        capsys,
+        "eval",
+        "--adapter",
+        trained / "run" / "best",
+        "--task",
+        f"csv:{trained / 'task.csv'}",
+        "--model",
+        tmp_path / "wide",
+    )
     one_error_line(code, err, "hidden_size=32", "hidden_size=48", alone=False)  # after the backbone's progress bar
 
 
-@pytest.mark.parametrize("stdin, fragment", [('{"source": "ok"}\n{\n', "stdin line 2: invalid JSON"),
-                                             ('{"source": 5}\n', "stdin line 1: field 'source' must be a string"),
-                                             ('{"input": "x"}\n', "stdin line 1: JSON object without a 'source'")])
+@pytest.mark.parametrize(
+    "stdin, fragment",
+    [
+        ('{"source": "ok"}\n{\n', "stdin line 2: invalid JSON"),
+        ('{"source": 5}\n', "stdin line 1: field 'source' must be a string"),
+        ('{"input": "x"}\n', "stdin line 1: JSON object without a 'source'"),
+    ],
+)
 def test_predict_input_mistakes(stdin, fragment, trained, capsys, monkeypatch, no_backbone):
-    code, _, err = cli(capsys, "predict", "--adapter", trained / "run" / "best", "--task", f"csv:{trained / 'task.csv'}",
-                        stdin=stdin, monkeypatch=monkeypatch)
+    code, _, err = cli(
+        capsys,
+        "predict",
+        "--adapter",
+        trained / "run" / "best",
+        "--task",
+        f"csv:{trained / 'task.csv'}",
+        stdin=stdin,
+        monkeypatch=monkeypatch,
+    )
     one_error_line(code, err, fragment)
 
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import randomize_update, tiny_bert_classifier, tiny_llama, tiny_t5
 from dept import DePTConfig, DePTModel
+
+from conftest import randomize_update, tiny_bert_classifier, tiny_llama, tiny_t5
 from tiny import make_tiny_llama
 
 CFG = DePTConfig(prompt_length=3, rank=2, max_length=16, prompt_init="vocab")
@@ -48,8 +49,9 @@ def test_generate_steps_equal_teacher_forcing_with_source_only_offsets():
     dm = DePTModel(tiny_llama(), CFG)
     randomize_update(dm)
     source = torch.tensor([[5, 6, 7, 8]])
-    out = dm.generate(input_ids=source, max_new_tokens=3, do_sample=False, output_scores=True,
-                      return_dict_in_generate=True)
+    out = dm.generate(
+        input_ids=source, max_new_tokens=3, do_sample=False, output_scores=True, return_dict_in_generate=True
+    )
     generated = out.sequences[0]
     for k in range(3):
         ids = torch.cat([source, generated[:k].unsqueeze(0)], dim=1)
@@ -78,8 +80,9 @@ def test_seq2seq_forward_continues_from_its_kv_cache():
     first = dm(input_ids=ids, decoder_input_ids=decoder[:, :2], use_cache=True)
     name = "cache" if "cache" in first else "past_key_values"  # renamed in transformers 5.x
     cache = {name: first[name]}
-    step = dm(input_ids=ids, decoder_input_ids=decoder[:, 2:], encoder_outputs=(first.encoder_last_hidden_state,),
-              **cache).logits
+    step = dm(
+        input_ids=ids, decoder_input_ids=decoder[:, 2:], encoder_outputs=(first.encoder_last_hidden_state,), **cache
+    ).logits
     torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
 
 
@@ -99,8 +102,10 @@ def test_decoder_classifier_padded_rows_equal_each_row_alone(side):
         return fill + r if side == "left" else r + fill
 
     with torch.no_grad():
-        batched = dm(input_ids=torch.tensor([pad(r, 0) for r in rows]),
-                     attention_mask=torch.tensor([pad([1] * len(r), 0) for r in rows])).logits
+        batched = dm(
+            input_ids=torch.tensor([pad(r, 0) for r in rows]),
+            attention_mask=torch.tensor([pad([1] * len(r), 0) for r in rows]),
+        ).logits
         for i, row in enumerate(rows):
             alone = dm(input_ids=torch.tensor([row])).logits
             torch.testing.assert_close(batched[i], alone[0], atol=1e-4, rtol=1e-4)
@@ -108,7 +113,9 @@ def test_decoder_classifier_padded_rows_equal_each_row_alone(side):
 
 def trained_classifier(base, labels, seed) -> DePTModel:
     """A DePT classifier after one optimizer step, so its prompt, update and head all moved."""
-    dm = DePTModel(copy.deepcopy(base), DePTConfig(prompt_length=3, rank=2, max_length=16, prompt_init="vocab", seed=seed))
+    dm = DePTModel(
+        copy.deepcopy(base), DePTConfig(prompt_length=3, rank=2, max_length=16, prompt_init="vocab", seed=seed)
+    )
     randomize_update(dm, seed=seed)
     opt = torch.optim.SGD([p for p in dm.parameters() if p.requires_grad], lr=1.0)
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
@@ -182,7 +189,9 @@ def test_prompt_and_update_inits_are_not_correlated():
 
 
 def test_max_length_is_checked_per_adapter_group():
-    dm = DePTModel(tiny_llama(), DePTConfig(prompt_length=2, rank=2, max_length=16, prompt_init="vocab"), adapter_name="long")
+    dm = DePTModel(
+        tiny_llama(), DePTConfig(prompt_length=2, rank=2, max_length=16, prompt_init="vocab"), adapter_name="long"
+    )
     dm.add_adapter("short", DePTConfig(prompt_length=2, rank=2, max_length=4, prompt_init="vocab"))
     randomize_update(dm, "long")
     randomize_update(dm, "short", seed=2)

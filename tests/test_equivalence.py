@@ -4,8 +4,9 @@ import pytest
 import torch
 from peft import PromptTuningConfig, TaskType, get_peft_model
 
-from conftest import batch, decoder_ids, randomize_update, run, tiny_llama, tiny_t5
 from dept import DePTConfig, DePTModel
+
+from conftest import batch, decoder_ids, randomize_update, run, tiny_llama, tiny_t5
 
 CFG = DePTConfig(prompt_length=5, rank=3, max_length=16, prompt_init="vocab")
 
@@ -16,7 +17,9 @@ def test_zero_B_is_exactly_vanilla_prompt_tuning(backbone):
     dept.add_adapter("pt", DePTConfig(prompt_length=5, rank=0, max_length=16), prompt_init=prompt)
     ids, mask = batch()
     with torch.no_grad():
-        assert torch.equal(run(dept, ids, mask, adapter_names=["default"] * 2), run(dept, ids, mask, adapter_names=["pt"] * 2))
+        assert torch.equal(
+            run(dept, ids, mask, adapter_names=["default"] * 2), run(dept, ids, mask, adapter_names=["pt"] * 2)
+        )
 
 
 @pytest.mark.parametrize("kind", ["causal", "seq2seq"])
@@ -24,7 +27,9 @@ def test_rank_zero_equals_peft_prompt_tuning(kind):
     model = tiny_llama() if kind == "causal" else tiny_t5()
     dept = DePTModel(model, DePTConfig(prompt_length=5, rank=0, prompt_init="vocab"))
     task = TaskType.CAUSAL_LM if kind == "causal" else TaskType.SEQ_2_SEQ_LM
-    peft_model = get_peft_model(model, PromptTuningConfig(task_type=task, num_virtual_tokens=5, num_transformer_submodules=1))
+    peft_model = get_peft_model(
+        model, PromptTuningConfig(task_type=task, num_virtual_tokens=5, num_transformer_submodules=1)
+    )
     with torch.no_grad():
         peft_model.prompt_encoder["default"].embedding.weight.copy_(dept.adapters["default"].prompt_embeddings)
     ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
@@ -51,7 +56,9 @@ def official_pad_to_s(dm, ids, mask):
     inputs = torch.cat([prompt, embeds], 1)
     full_mask = torch.cat([torch.ones(ids.shape[0], adapter.prompt_length, dtype=mask.dtype), mask_s], 1)
     if dm.kind == "seq2seq":
-        return dm.base_model(inputs_embeds=inputs, attention_mask=full_mask, decoder_input_ids=decoder_ids(ids.shape[0])).logits
+        return dm.base_model(
+            inputs_embeds=inputs, attention_mask=full_mask, decoder_input_ids=decoder_ids(ids.shape[0])
+        ).logits
     return dm.base_model(inputs_embeds=inputs, attention_mask=full_mask).logits
 
 
@@ -69,7 +76,7 @@ def test_dynamic_padding_equals_official_pad_to_s(backbone):
     for row in range(ids.shape[0]):
         n = int(mask[row].sum())
         # ours is left-padded, so a row's m + n real slots are its last ones
-        torch.testing.assert_close(ours[row, -(m + n):], official[row, : m + n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours[row, -(m + n) :], official[row, : m + n], atol=1e-5, rtol=1e-5)
 
 
 def test_left_padded_rows_equal_unpadded_rows(backbone):
@@ -83,7 +90,7 @@ def test_left_padded_rows_equal_unpadded_rows(backbone):
     if dm.kind == "seq2seq":
         torch.testing.assert_close(padded[1], alone[0], atol=1e-5, rtol=1e-5)
     else:
-        torch.testing.assert_close(padded[1, -alone.shape[1]:], alone[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(padded[1, -alone.shape[1] :], alone[0], atol=1e-5, rtol=1e-5)
 
 
 def test_over_long_input_names_both_lengths(backbone):

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from conftest import randomize_update, run
 from dept import DePTConfig, DePTModel
+
+from conftest import randomize_update, run
 
 IDS = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0], [13, 14, 15, 16, 0]])
 MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
@@ -12,7 +13,9 @@ NAMES = ["sst2", "__base__", "rte"]
 
 
 def two_adapters(backbone) -> DePTModel:
-    dm = DePTModel(backbone, DePTConfig(prompt_length=5, rank=3, max_length=16, prompt_init="vocab"), adapter_name="sst2")
+    dm = DePTModel(
+        backbone, DePTConfig(prompt_length=5, rank=3, max_length=16, prompt_init="vocab"), adapter_name="sst2"
+    )
     dm.add_adapter("rte", DePTConfig(prompt_length=3, rank=2, max_length=8, prompt_init="vocab", seed=1))
     randomize_update(dm, "sst2", seed=1)
     randomize_update(dm, "rte", seed=2)
@@ -29,7 +32,7 @@ def test_per_row_adapters_match_each_adapter_alone(backbone):
             if dm.kind == "seq2seq":
                 torch.testing.assert_close(mixed[row], alone[0], atol=1e-5, rtol=1e-5)
             else:
-                torch.testing.assert_close(mixed[row, -alone.shape[1]:], alone[0], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(mixed[row, -alone.shape[1] :], alone[0], atol=1e-5, rtol=1e-5)
 
 
 def test_base_rows_equal_the_plain_backbone(backbone):

@@ -8,6 +8,7 @@ from dept.data import encode, pad_batch, target_ids
 from dept.loss import lm_loss
 from dept.scoring import candidates_for, rank_scores
 from dept.tasks import get_task
+
 from tiny import make_tiny_llama, make_tiny_t5, make_tiny_tokenizer
 
 CANDIDATES = ["good", "bad", "3.8", "3.6", "4.0", "not_entailment", "entailment"]
@@ -33,12 +34,18 @@ def brute_force(model, tok, kind, source, candidate):
     if kind == "causal":
         ids = torch.tensor([enc.input_ids + cand])
         # DePT offsets the source only: the candidate is an answer, not input.
-        source_only = {"source_mask": torch.tensor([[1] * len(enc.input_ids) + [0] * len(cand)])} if wrapped(model) else {}
+        source_only = (
+            {"source_mask": torch.tensor([[1] * len(enc.input_ids) + [0] * len(cand)])} if wrapped(model) else {}
+        )
         logprobs = model(input_ids=ids, **source_only).logits[0, -len(cand) - 1 : -1].float().log_softmax(-1)
     else:
         start = model.config.decoder_start_token_id
-        logprobs = model(input_ids=torch.tensor([enc.input_ids]),
-                         decoder_input_ids=torch.tensor([[start] + cand[:-1]])).logits[0].float().log_softmax(-1)
+        logprobs = (
+            model(input_ids=torch.tensor([enc.input_ids]), decoder_input_ids=torch.tensor([[start] + cand[:-1]]))
+            .logits[0]
+            .float()
+            .log_softmax(-1)
+        )
     return float(sum(logprobs[i, t] for i, t in enumerate(cand)))
 
 
@@ -61,7 +68,7 @@ def test_causal_encoding_truncates_the_source_not_the_label():
     tok = make_tiny_tokenizer(add_eos=True)
     enc = encode(tok, "a very long source sentence " * 20, "not_entailment", "causal", max_length=16)
     answer = target_ids(tok, "not_entailment", "causal") + [tok.eos_token_id]
-    assert len(enc.input_ids) == 16 and enc.input_ids[-len(answer):] == answer
+    assert len(enc.input_ids) == 16 and enc.input_ids[-len(answer) :] == answer
     assert enc.labels == [-100] * (16 - len(answer)) + answer
 
 
@@ -72,8 +79,9 @@ def test_causal_batches_are_left_padded_and_loss_uses_labels_only():
     batch = pad_batch(rows, "causal", 0)
     assert batch["attention_mask"][:, -1].all() and not batch["attention_mask"][:, 0].all()
     full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    expected = torch.nn.functional.cross_entropy(full[:, :-1].reshape(-1, full.shape[-1]), batch["labels"][:, 1:].reshape(-1),
-                                                 ignore_index=-100)
+    expected = torch.nn.functional.cross_entropy(
+        full[:, :-1].reshape(-1, full.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
+    )
     torch.testing.assert_close(lm_loss(model, batch, "causal"), expected)
 
 

@@ -10,14 +10,11 @@ import re
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
 from scipy import stats
 from sklearn import metrics as skm
-
-import dept.tasks as T
 
 from dept.tasks import DataNotFoundError, Example, get_task, k_shot, list_tasks, stsb_target
 from dept.tasks import sources as S
@@ -72,25 +69,79 @@ def write_glue(root: Path) -> None:
     _tsv(g / "QQP/train.tsv", qh, qqp(LARGE_TRAIN))
     _tsv(g / "QQP/dev.tsv", qh, qqp(LARGE_DEV))
     sh = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"]
-    scores = ["5.000", "3.700", "1.53333333333333", "0.100", "2.500", "4.900", "0.000", "3.800", "1.200", "2.000", "4.400"]
-    stsb = lambda n: [[i, "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none",
-                       f"A plane {i} is taking off.", f"An air plane {i} is taking off.", scores[i % len(scores)]]
-                      for i in range(n)]
+    scores = [
+        "5.000",
+        "3.700",
+        "1.53333333333333",
+        "0.100",
+        "2.500",
+        "4.900",
+        "0.000",
+        "3.800",
+        "1.200",
+        "2.000",
+        "4.400",
+    ]
+    stsb = lambda n: [
+        [
+            i,
+            "main-captions",
+            "MSRvid",
+            "2012test",
+            f"{i:04d}",
+            "none",
+            "none",
+            f"A plane {i} is taking off.",
+            f"An air plane {i} is taking off.",
+            scores[i % len(scores)],
+        ]
+        for i in range(n)
+    ]
     _tsv(g / "STS-B/train.tsv", sh, stsb(SMALL_TRAIN))
     _tsv(g / "STS-B/dev.tsv", sh, stsb(SMALL_DEV))
-    base = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-            "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+    base = [
+        "index",
+        "promptID",
+        "pairID",
+        "genre",
+        "sentence1_binary_parse",
+        "sentence2_binary_parse",
+        "sentence1_parse",
+        "sentence2_parse",
+        "sentence1",
+        "sentence2",
+    ]
     gold = ["entailment", "neutral", "contradiction"]
-    mnli = lambda n, extra: [[i, i, f"{i}e", "fiction", "(x)", "(y)", "(X)", "(Y)", f"Premise {i}.", f"Hypothesis {i}.",
-                              *([gold[i % 3]] * extra), gold[i % 3]] for i in range(n)]
+    mnli = lambda n, extra: [
+        [
+            i,
+            i,
+            f"{i}e",
+            "fiction",
+            "(x)",
+            "(y)",
+            "(X)",
+            "(Y)",
+            f"Premise {i}.",
+            f"Hypothesis {i}.",
+            *([gold[i % 3]] * extra),
+            gold[i % 3],
+        ]
+        for i in range(n)
+    ]
     _tsv(g / "MNLI/train.tsv", base + ["label1", "gold_label"], mnli(6, 1))
     dev_h = base + [f"label{k}" for k in range(1, 6)] + ["gold_label"]
     _tsv(g / "MNLI/dev_matched.tsv", dev_h, mnli(5, 5))
     _tsv(g / "MNLI/dev_mismatched.tsv", dev_h, mnli(4, 5))
-    qn = lambda n: [[i, f"What came {i}?", f"The constitution {i} came.", ["entailment", "not_entailment"][i % 2]] for i in range(n)]
+    qn = lambda n: [
+        [i, f"What came {i}?", f"The constitution {i} came.", ["entailment", "not_entailment"][i % 2]] for i in range(n)
+    ]
     _tsv(g / "QNLI/train.tsv", ["index", "question", "sentence", "label"], qn(LARGE_TRAIN))
     _tsv(g / "QNLI/dev.tsv", ["index", "question", "sentence", "label"], qn(LARGE_DEV))
-    rte = lambda n: [[i, f"Dana Reeve {i} died.", f"Reeve {i} had an accident.", ["entailment", "not_entailment"][i % 2]] for i in range(n)]
+    rte = lambda n: [
+        [i, f"Dana Reeve {i} died.", f"Reeve {i} had an accident.", ["entailment", "not_entailment"][i % 2]]
+        for i in range(n)
+    ]
     _tsv(g / "RTE/train.tsv", ["index", "sentence1", "sentence2", "label"], rte(SMALL_TRAIN))
     _tsv(g / "RTE/dev.tsv", ["index", "sentence1", "sentence2", "label"], rte(SMALL_DEV))
     wnli = lambda n: [[i, f"The drain {i} is clogged.", f"The hair {i} is clean.", i % 2] for i in range(n)]
@@ -111,27 +162,67 @@ def _multirc(paragraphs: list[list[int]], start_q: int = 0) -> list[dict]:
             a_id += n
             questions.append({"question": f"Why <b>{q_id}</b>?", "answers": answers, "idx": q_id})
             q_id += 1
-        out.append({"idx": p, "version": 1.1,
-                    "passage": {"text": f"<b>Sent 1: </b>Forces {p} move.<br><b>Sent 2: </b>Yes.", "questions": questions}})
+        out.append(
+            {
+                "idx": p,
+                "version": 1.1,
+                "passage": {"text": f"<b>Sent 1: </b>Forces {p} move.<br><b>Sent 2: </b>Yes.", "questions": questions},
+            }
+        )
     return out
 
 
 def write_superglue(root: Path) -> None:
     s = root / "superglue"
-    boolq = lambda n: [{"question": f"is it {i}", "passage": f"Passage {i} -- text.", "idx": i, "label": bool(i % 2)} for i in range(n)]
+    boolq = lambda n: [
+        {"question": f"is it {i}", "passage": f"Passage {i} -- text.", "idx": i, "label": bool(i % 2)} for i in range(n)
+    ]
     cb_l = ["entailment", "contradiction", "neutral"]
     cb = lambda n: [{"premise": f"P {i}.", "hypothesis": f"H {i}.", "label": cb_l[i % 3], "idx": i} for i in range(n)]
-    copa = lambda n: [{"premise": f"The man {i} turned on the faucet.", "choice1": "The toilet filled.",
-                       "choice2": "Water flowed.", "question": ["cause", "effect"][i % 2], "label": i % 2, "idx": i} for i in range(n)]
-    wic = lambda n: [{"word": "place", "sentence1": f"Do you want {i} to come over to my place later?",
-                      "sentence2": "A political system with no place for the less prominent groups.",
-                      "idx": i, "label": bool(i % 2), "start1": 31, "start2": 27, "end1": 36, "end2": 32,
-                      "version": 1.1} for i in range(n)]
-    wsc = lambda n: [{"text": f"Mark {i} told Pete many lies about himself. He should have been more skeptical.",
-                      "target": {"span1_index": 0, "span1_text": "Mark", "span2_index": 8, "span2_text": "He"},
-                      "idx": i, "label": bool(i % 2)} for i in range(n)]
-    rte = lambda n: [{"premise": f"Dana Reeve {i} died\u0085 of cancer.", "hypothesis": f"Reeve {i} had an accident.",
-                      "label": ["entailment", "not_entailment"][i % 2], "idx": i} for i in range(n)]
+    copa = lambda n: [
+        {
+            "premise": f"The man {i} turned on the faucet.",
+            "choice1": "The toilet filled.",
+            "choice2": "Water flowed.",
+            "question": ["cause", "effect"][i % 2],
+            "label": i % 2,
+            "idx": i,
+        }
+        for i in range(n)
+    ]
+    wic = lambda n: [
+        {
+            "word": "place",
+            "sentence1": f"Do you want {i} to come over to my place later?",
+            "sentence2": "A political system with no place for the less prominent groups.",
+            "idx": i,
+            "label": bool(i % 2),
+            "start1": 31,
+            "start2": 27,
+            "end1": 36,
+            "end2": 32,
+            "version": 1.1,
+        }
+        for i in range(n)
+    ]
+    wsc = lambda n: [
+        {
+            "text": f"Mark {i} told Pete many lies about himself. He should have been more skeptical.",
+            "target": {"span1_index": 0, "span1_text": "Mark", "span2_index": 8, "span2_text": "He"},
+            "idx": i,
+            "label": bool(i % 2),
+        }
+        for i in range(n)
+    ]
+    rte = lambda n: [
+        {
+            "premise": f"Dana Reeve {i} died\u0085 of cancer.",
+            "hypothesis": f"Reeve {i} had an accident.",
+            "label": ["entailment", "not_entailment"][i % 2],
+            "idx": i,
+        }
+        for i in range(n)
+    ]
     for task, fn in [("BoolQ", boolq), ("CB", cb), ("COPA", copa), ("WiC", wic), ("WSC", wsc), ("RTE", rte)]:
         _jsonl(s / task / "train.jsonl", fn(SMALL_TRAIN))
         _jsonl(s / task / "val.jsonl", fn(SMALL_DEV))
@@ -152,28 +243,72 @@ def data_root(tmp_path: Path) -> Path:
 EXPECTED = {
     "glue/cola": (["unacceptable", "acceptable"], 'sentence: The "sailors" rode 0.', "unacceptable", 0),
     "glue/sst2": (["negative", "positive"], "sentence: a charming 0 journey .", "negative", 0),
-    "glue/mrpc": (["not_equivalent", "equivalent"], 'sentence1: He said "yes" 0. sentence2: He agreed 0.', "not_equivalent", 0),
+    "glue/mrpc": (
+        ["not_equivalent", "equivalent"],
+        'sentence1: He said "yes" 0. sentence2: He agreed 0.',
+        "not_equivalent",
+        0,
+    ),
     "glue/qqp": (["not_duplicate", "duplicate"], "question1: How do I 0? question2: How can I 0?", "not_duplicate", 0),
     "glue/stsb": (None, "sentence1: A plane 0 is taking off. sentence2: An air plane 0 is taking off.", "5.0", 5.0),
-    "glue/mnli": (["entailment", "neutral", "contradiction"], "premise: Premise 0. hypothesis: Hypothesis 0.", "entailment", 0),
-    "glue/qnli": (["entailment", "not_entailment"], "question: What came 0? sentence: The constitution 0 came.", "entailment", 0),
-    "glue/rte": (["entailment", "not_entailment"], "sentence1: Dana Reeve 0 died. sentence2: Reeve 0 had an accident.", "entailment", 0),
-    "glue/wnli": (["not_entailment", "entailment"], "sentence1: The drain 0 is clogged. sentence2: The hair 0 is clean.", "not_entailment", 0),
+    "glue/mnli": (
+        ["entailment", "neutral", "contradiction"],
+        "premise: Premise 0. hypothesis: Hypothesis 0.",
+        "entailment",
+        0,
+    ),
+    "glue/qnli": (
+        ["entailment", "not_entailment"],
+        "question: What came 0? sentence: The constitution 0 came.",
+        "entailment",
+        0,
+    ),
+    "glue/rte": (
+        ["entailment", "not_entailment"],
+        "sentence1: Dana Reeve 0 died. sentence2: Reeve 0 had an accident.",
+        "entailment",
+        0,
+    ),
+    "glue/wnli": (
+        ["not_entailment", "entailment"],
+        "sentence1: The drain 0 is clogged. sentence2: The hair 0 is clean.",
+        "not_entailment",
+        0,
+    ),
     "superglue/boolq": (["false", "true"], "question: is it 0 passage: Passage 0 -- text.", "false", 0),
     "superglue/cb": (["entailment", "contradiction", "neutral"], "premise: P 0. hypothesis: H 0.", "entailment", 0),
-    "superglue/copa": (["choice1", "choice2"],
-                       "premise: The man 0 turned on the faucet. question: cause choice1: The toilet filled. choice2: Water flowed.",
-                       "choice1", 0),
-    "superglue/multirc": (["false", "true"], "question: Why 0? answer: Answer 0 paragraph: Sent 1: Forces 0 move. Sent 2: Yes.",
-                          "false", 0),
-    "superglue/wic": (["false", "true"],
-                      "sentence1: Do you want 0 to come over to my place later? sentence2: A political system with no place "
-                      "for the less prominent groups. word: place", "false", 0),
-    "superglue/wsc": (["false", "true"],
-                      "text: * Mark * 0 told Pete many lies about himself. # He # should have been more skeptical. "
-                      "span1: Mark span2: He", "false", 0),
-    "superglue/rte": (["entailment", "not_entailment"], "premise: Dana Reeve 0 died\u0085 of cancer. hypothesis: Reeve 0 had an accident.",
-                      "entailment", 0),
+    "superglue/copa": (
+        ["choice1", "choice2"],
+        "premise: The man 0 turned on the faucet. question: cause choice1: The toilet filled. choice2: Water flowed.",
+        "choice1",
+        0,
+    ),
+    "superglue/multirc": (
+        ["false", "true"],
+        "question: Why 0? answer: Answer 0 paragraph: Sent 1: Forces 0 move. Sent 2: Yes.",
+        "false",
+        0,
+    ),
+    "superglue/wic": (
+        ["false", "true"],
+        "sentence1: Do you want 0 to come over to my place later? sentence2: A political system with no place "
+        "for the less prominent groups. word: place",
+        "false",
+        0,
+    ),
+    "superglue/wsc": (
+        ["false", "true"],
+        "text: * Mark * 0 told Pete many lies about himself. # He # should have been more skeptical. "
+        "span1: Mark span2: He",
+        "false",
+        0,
+    ),
+    "superglue/rte": (
+        ["entailment", "not_entailment"],
+        "premise: Dana Reeve 0 died\u0085 of cancer. hypothesis: Reeve 0 had an accident.",
+        "entailment",
+        0,
+    ),
 }
 
 LARGE = {"glue/sst2", "glue/qqp", "glue/qnli"}
@@ -265,7 +400,10 @@ def test_multirc_split_keeps_questions_together(data_root):
     s = task.load(data_root, use_hub=False)
     groups = {k: {e.meta["group"] for e in s[k]} for k in ("validation", "test")}
     assert not groups["validation"] & groups["test"]
-    assert (len(groups["validation"]), len(groups["test"])) == (MULTIRC_VAL_QUESTIONS // 2, MULTIRC_VAL_QUESTIONS - MULTIRC_VAL_QUESTIONS // 2)
+    assert (len(groups["validation"]), len(groups["test"])) == (
+        MULTIRC_VAL_QUESTIONS // 2,
+        MULTIRC_VAL_QUESTIONS - MULTIRC_VAL_QUESTIONS // 2,
+    )
     assert len(s["validation"]) + len(s["test"]) == 12
     e = s["validation"][0]
     assert set(e.meta) >= {"paragraph_id", "question_id", "answer_id", "group"}
@@ -302,8 +440,21 @@ def test_get_task_returns_copies_and_digit_labels():
 
 @pytest.mark.parametrize(
     "score,text",
-    [(5.0, "5.0"), ("3.700", "3.8"), (3.7, "3.8"), ("1.53333333333333", "1.6"), (0.1, "0.2"), (0.09, "0.0"),
-     (4.9, "5.0"), (2.5, "2.6"), (0.0, "0.0"), (1.2, "1.2"), (3.6999, "3.6"), (2.29, "2.2"), (2.31, "2.4")],
+    [
+        (5.0, "5.0"),
+        ("3.700", "3.8"),
+        (3.7, "3.8"),
+        ("1.53333333333333", "1.6"),
+        (0.1, "0.2"),
+        (0.09, "0.0"),
+        (4.9, "5.0"),
+        (2.5, "2.6"),
+        (0.0, "0.0"),
+        (1.2, "1.2"),
+        (3.6999, "3.6"),
+        (2.29, "2.2"),
+        (2.31, "2.4"),
+    ],
 )
 def test_stsb_target_rounds_to_nearest_point_two(score, text):
     assert stsb_target(score) == text
@@ -315,12 +466,16 @@ def test_stsb_targets_are_26_classes():
 
 
 def test_wsc_marking():
-    assert mark_wsc_spans("Still, anyone who knew took it from him .", "anyone", 1, "him", 7) == \
-        "Still, * anyone * who knew took it from # him # ."
+    assert (
+        mark_wsc_spans("Still, anyone who knew took it from him .", "anyone", 1, "him", 7)
+        == "Still, * anyone * who knew took it from # him # ."
+    )
     # last word may be a prefix (T5 regex behaviour); wrong index -> nearest occurrence
     assert mark_wsc_spans('told him," go', "him", 1, "told", 5) == '# told # * him *," go'
     # overlapping spans nest
-    assert mark_wsc_spans("and their mothers worry", "their mothers", 1, "their", 1) == "and * # their # mothers * worry"
+    assert (
+        mark_wsc_spans("and their mothers worry", "their mothers", 1, "their", 1) == "and * # their # mothers * worry"
+    )
     # not found -> unmarked
     assert mark_wsc_spans("nothing here", "zebra", 0, "it", 1) == "nothing here"
 
@@ -360,7 +515,9 @@ def test_invalid_predictions_count_as_wrong():
     out = t.metrics(["acceptable", "garbage", None, 7], refs)  # 3 invalid: flipped to the wrong class
     assert out["matthews_correlation"] == pytest.approx(100 * skm.matthews_corrcoef(refs, [1, 1, 0, 1]))
     sst = get_task("glue/sst2")
-    assert sst.metrics(["positive", "Positive", " positive\n", "positive.", ""], [1, 1, 1, 1, 1])["accuracy"] == pytest.approx(60.0)
+    assert sst.metrics(["positive", "Positive", " positive\n", "positive.", ""], [1, 1, 1, 1, 1])[
+        "accuracy"
+    ] == pytest.approx(60.0)
 
 
 def test_mrpc_accuracy_and_f1_by_hand():
@@ -392,7 +549,9 @@ def test_stsb_pearson_spearman_and_parse():
     p = [float(x) for x in preds]
     assert out["pearson"] == pytest.approx(100 * stats.pearsonr(refs, p)[0])
     assert out["spearmanr"] == pytest.approx(100.0)
-    assert t.parse_prediction(" 3.8 ") == 3.8 and t.parse_prediction("high") is None and t.parse_prediction("nan") is None
+    assert (
+        t.parse_prediction(" 3.8 ") == 3.8 and t.parse_prediction("high") is None and t.parse_prediction("nan") is None
+    )
     # invalid -> farthest end of [0, 5] from the reference
     out_bad = t.metrics(["0.4", "1.0", "2.6", "3.6", "oops"], refs)
     assert out_bad["pearson"] == pytest.approx(100 * stats.pearsonr(refs, [0.4, 1.0, 2.6, 3.6, 0.0])[0])
@@ -401,7 +560,7 @@ def test_stsb_pearson_spearman_and_parse():
 
 def test_multirc_f1a_and_em_by_hand(data_root):
     t = get_task("superglue/multirc")
-    refs = [Example("s", "t", l, {"group": g}) for l, g in [(1, "a"), (0, "a"), (1, "b"), (1, "b"), (0, "c")]]
+    refs = [Example("s", "t", label, {"group": g}) for label, g in [(1, "a"), (0, "a"), (1, "b"), (1, "b"), (0, "c")]]
     preds = ["true", "false", "true", "false", "garbage"]
     out = t.metrics(preds, refs)
     assert list(out) == ["f1a", "em"]
@@ -431,7 +590,9 @@ def test_metric_values_are_percent_floats(data_root):
         out = t.metrics([e.target for e in s["validation"]], s["validation"])
         assert all(isinstance(v, float) for v in out.values())
         if not t.is_regression:
-            assert out[t.main_metric] == pytest.approx(100.0) or name == "glue/cola" and math.isfinite(out[t.main_metric])
+            assert (
+                out[t.main_metric] == pytest.approx(100.0) or name == "glue/cola" and math.isfinite(out[t.main_metric])
+            )
 
 
 # --- sources: local, env, errors --------------------------------------------------------------------
@@ -468,8 +629,11 @@ def test_missing_data_lists_every_place(tmp_path, monkeypatch):
 
 
 def test_malformed_tsv_names_file_and_line(tmp_path):
-    f = _tsv(tmp_path / "glue/RTE/train.tsv", ["index", "sentence1", "sentence2", "label"],
-             [[0, "a", "b", "entailment"], [1, "a", "b"]])
+    f = _tsv(
+        tmp_path / "glue/RTE/train.tsv",
+        ["index", "sentence1", "sentence2", "label"],
+        [[0, "a", "b", "entailment"], [1, "a", "b"]],
+    )
     _tsv(tmp_path / "glue/RTE/dev.tsv", ["index", "sentence1", "sentence2", "label"], [[0, "a", "b", "entailment"]])
     with pytest.raises(ValueError, match=re.escape(f"{f}:3: expected 4 tab-separated columns, got 3")):
         get_task("glue/rte").load(tmp_path, use_hub=False)
@@ -513,7 +677,9 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 def test_empty_split_is_a_clear_error(tmp_path):
     row = [0, "a", "b", "entailment"]
     _tsv(tmp_path / "glue/RTE/train.tsv", ["index", "sentence1", "sentence2", "label"], [row])
-    _tsv(tmp_path / "glue/RTE/dev.tsv", ["index", "sentence1", "sentence2", "label"], [row])  # 1 dev row -> empty validation
+    _tsv(
+        tmp_path / "glue/RTE/dev.tsv", ["index", "sentence1", "sentence2", "label"], [row]
+    )  # 1 dev row -> empty validation
     with pytest.raises(ValueError, match=r"split 'validation' is empty under split_rule='paper'"):
         get_task("glue/rte").load(tmp_path, use_hub=False)
     with pytest.raises(ValueError, match="cannot hold out 1000"):
@@ -532,8 +698,11 @@ def test_bad_split_rule_and_shuffle(data_root):
 
 def test_stsb_package_source_with_fake_package(tmp_path, monkeypatch):
     d = tmp_path / "sts_b"
-    _w(d / "sts-train.csv", "main-captions\tMSRvid\t2012test\t0001\t5.000\tA plane is taking off.\tAn air plane is taking off.\n"
-       "main-news\theadlines\t2016\t0012\t3.7\tDriver backs \tDriver backs into mom\tEMM (x)\tEMM (y)\n")
+    _w(
+        d / "sts-train.csv",
+        "main-captions\tMSRvid\t2012test\t0001\t5.000\tA plane is taking off.\tAn air plane is taking off.\n"
+        "main-news\theadlines\t2016\t0012\t3.7\tDriver backs \tDriver backs into mom\tEMM (x)\tEMM (y)\n",
+    )
     _w(d / "sts-dev.csv", "".join(f"g\tf\t2012\t{i:04d}\t{i / 2}\tS{i} \tT{i}\n" for i in range(9)))
     monkeypatch.setattr(S, "stsb_package_dir", lambda: d)
     task = get_task("glue/stsb")
@@ -593,14 +762,25 @@ def test_hub_glue_mapping_matches_local(data_root, tmp_path, monkeypatch):
     rows = lambda exs: {
         "sentence1": [e.source.split(" sentence2: ")[0].removeprefix("sentence1: ") for e in exs],
         "sentence2": [e.source.split(" sentence2: ")[1] for e in exs],
-        "label": [e.label for e in exs], "idx": list(range(len(exs))),
+        "label": [e.label for e in exs],
+        "idx": list(range(len(exs))),
     }
-    calls = _fake_hub(monkeypatch, {("nyu-mll/glue", "rte"): {"train": rows(local["train"]), "validation": rows(local["validation"]),
-                                                             "test": {"sentence1": ["x"], "sentence2": ["y"], "label": [-1], "idx": [0]}}})
+    calls = _fake_hub(
+        monkeypatch,
+        {
+            ("nyu-mll/glue", "rte"): {
+                "train": rows(local["train"]),
+                "validation": rows(local["validation"]),
+                "test": {"sentence1": ["x"], "sentence2": ["y"], "label": [-1], "idx": [0]},
+            }
+        },
+    )
     hub = get_task("glue/rte").load_official(tmp_path / "empty")
     assert calls == [("nyu-mll/glue", "rte")]
     for split in ("train", "validation"):
-        assert [(e.source, e.target, e.label) for e in hub[split]] == [(e.source, e.target, e.label) for e in local[split]]
+        assert [(e.source, e.target, e.label) for e in hub[split]] == [
+            (e.source, e.target, e.label) for e in local[split]
+        ]
     assert hub["train"][0].meta["source"] == "hub"
     assert len(get_task("glue/rte").load(tmp_path / "empty")["test"]) == SMALL_DEV - SMALL_DEV // 2
 
@@ -608,16 +788,25 @@ def test_hub_glue_mapping_matches_local(data_root, tmp_path, monkeypatch):
 def test_hub_stsb_mnli_and_bad_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "stsb_package_dir", lambda: None)
     mnli = {"premise": ["P."] * 3, "hypothesis": ["H."] * 3, "label": [0, 1, 2], "idx": [0, 1, 2]}
-    _fake_hub(monkeypatch, {
-        ("nyu-mll/glue", "stsb"): {s: {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [3.7, 0.1], "idx": [0, 1]}
-                                   for s in ("train", "validation")},
-        ("nyu-mll/glue", "mnli"): {s: mnli for s in ("train", "validation_matched", "validation_mismatched")},
-        ("nyu-mll/glue", "cola"): {s: {"sentence": ["a"], "label": [5], "idx": [0]} for s in ("train", "validation")},
-        ("nyu-mll/glue", "qqp"): {"train": {"question1": ["a"], "question2": ["b"], "label": [1], "idx": [0]}},
-    })
+    _fake_hub(
+        monkeypatch,
+        {
+            ("nyu-mll/glue", "stsb"): {
+                s: {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [3.7, 0.1], "idx": [0, 1]}
+                for s in ("train", "validation")
+            },
+            ("nyu-mll/glue", "mnli"): {s: mnli for s in ("train", "validation_matched", "validation_mismatched")},
+            ("nyu-mll/glue", "cola"): {
+                s: {"sentence": ["a"], "label": [5], "idx": [0]} for s in ("train", "validation")
+            },
+            ("nyu-mll/glue", "qqp"): {"train": {"question1": ["a"], "question2": ["b"], "label": [1], "idx": [0]}},
+        },
+    )
     st = get_task("glue/stsb").load_official()
     assert [(e.source, e.target, e.label) for e in st["train"]] == [
-        ("sentence1: a sentence2: c", "3.8", 3.7), ("sentence1: b sentence2: d", "0.2", 0.1)]
+        ("sentence1: a sentence2: c", "3.8", 3.7),
+        ("sentence1: b sentence2: d", "0.2", 0.1),
+    ]
     m = get_task("glue/mnli").load()
     assert [e.target for e in m["test"]] == ["entailment", "neutral", "contradiction"] and len(m["validation"]) == 3
     with pytest.raises(ValueError, match=r"nyu-mll/glue/cola split 'train' row 0: bad label 5"):
@@ -627,21 +816,47 @@ def test_hub_stsb_mnli_and_bad_rows(tmp_path, monkeypatch):
 
 
 def test_hub_superglue_multirc_wsc_cb(tmp_path, monkeypatch):
-    calls = _fake_hub(monkeypatch, {
-        ("aps/super_glue", "multirc"): {s: {
-            "paragraph": ["<b>Sent 1: </b>Forces move.", "<b>Sent 1: </b>Forces move.", "Other."],
-            "question": ["Why?", "Why?", "How?"], "answer": ["A", "B", "C"],
-            "idx": [{"paragraph": 0, "question": 0, "answer": 0}, {"paragraph": 0, "question": 0, "answer": 1},
-                    {"paragraph": 1, "question": 1, "answer": 2}],
-            "label": [1, 0, 1]} for s in ("train", "validation")},
-        ("aps/super_glue", "wsc.fixed"): {s: {
-            "text": ["Mark told Pete lies. He should know."], "span1_index": [0], "span2_index": [4],
-            "span1_text": ["Mark"], "span2_text": ["He"], "idx": [0], "label": [1]} for s in ("train", "validation")},
-        ("aps/super_glue", "cb"): {s: {"premise": ["P."], "hypothesis": ["H."], "idx": [0], "label": [2]} for s in ("train", "validation")},
-    })
+    calls = _fake_hub(
+        monkeypatch,
+        {
+            ("aps/super_glue", "multirc"): {
+                s: {
+                    "paragraph": ["<b>Sent 1: </b>Forces move.", "<b>Sent 1: </b>Forces move.", "Other."],
+                    "question": ["Why?", "Why?", "How?"],
+                    "answer": ["A", "B", "C"],
+                    "idx": [
+                        {"paragraph": 0, "question": 0, "answer": 0},
+                        {"paragraph": 0, "question": 0, "answer": 1},
+                        {"paragraph": 1, "question": 1, "answer": 2},
+                    ],
+                    "label": [1, 0, 1],
+                }
+                for s in ("train", "validation")
+            },
+            ("aps/super_glue", "wsc.fixed"): {
+                s: {
+                    "text": ["Mark told Pete lies. He should know."],
+                    "span1_index": [0],
+                    "span2_index": [4],
+                    "span1_text": ["Mark"],
+                    "span2_text": ["He"],
+                    "idx": [0],
+                    "label": [1],
+                }
+                for s in ("train", "validation")
+            },
+            ("aps/super_glue", "cb"): {
+                s: {"premise": ["P."], "hypothesis": ["H."], "idx": [0], "label": [2]} for s in ("train", "validation")
+            },
+        },
+    )
     mr = get_task("superglue/multirc").load_official(tmp_path)
     assert mr["train"][0].source == "question: Why? answer: A paragraph: Sent 1: Forces move."
-    assert [e.meta["group"] for e in mr["train"]] == ["0/0", "0/0", "1/1"] and [e.target for e in mr["train"]] == ["true", "false", "true"]
+    assert [e.meta["group"] for e in mr["train"]] == ["0/0", "0/0", "1/1"] and [e.target for e in mr["train"]] == [
+        "true",
+        "false",
+        "true",
+    ]
     w = get_task("superglue/wsc").load_official(tmp_path)["train"][0]
     assert (w.source, w.target) == ("text: * Mark * told Pete lies. # He # should know. span1: Mark span2: He", "true")
     assert get_task("superglue/cb").load_official(tmp_path)["train"][0].target == "neutral"

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-
 from dept.tasks import DataNotFoundError, get_task
 
 DATA = Path(os.environ.get("DEPT_DATA_DIR") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
@@ -99,7 +98,9 @@ def test_stsb_package_matches_local_files():
     pkg = task.load_official(DATA / "no-such-dir", use_hub=False)
     assert pkg["train"][0].meta["source"] == "package"
     for split in ("train", "validation"):
-        assert [(e.source, e.target, e.label) for e in pkg[split]] == [(e.source, e.target, e.label) for e in local[split]]
+        assert [(e.source, e.target, e.label) for e in pkg[split]] == [
+            (e.source, e.target, e.label) for e in local[split]
+        ]
 
 
 def test_qnli_without_train_file_explains():

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from dept.methods import MethodOptions
 from dept.train import Run, TrainOptions, batch_rows
+
 from tiny import make_tiny_llama, make_tiny_tokenizer
 
 
@@ -30,11 +31,23 @@ def tiny_setup(tmp_path_factory):
 
 
 def options(root, out, **overrides) -> TrainOptions:
-    base = dict(task=f"csv:{root / 'task.csv'}", task_options={"text_fields": ["text"], "label_field": "label"},
-                model=str(root / "model"), output_dir=str(out), max_steps=6, batch_size=4, eval_every=3,
-                eval_samples=4, test_samples=4, precision="fp32", seed=3, warmup_steps=2,
-                method=MethodOptions(method="dept", prompt_length=4, rank=2, max_length=32, prompt_init="vocab",
-                                     lr_prompt=0.1, lr_lowrank=0.05))
+    base = dict(
+        task=f"csv:{root / 'task.csv'}",
+        task_options={"text_fields": ["text"], "label_field": "label"},
+        model=str(root / "model"),
+        output_dir=str(out),
+        max_steps=6,
+        batch_size=4,
+        eval_every=3,
+        eval_samples=4,
+        test_samples=4,
+        precision="fp32",
+        seed=3,
+        warmup_steps=2,
+        method=MethodOptions(
+            method="dept", prompt_length=4, rank=2, max_length=32, prompt_init="vocab", lr_prompt=0.1, lr_lowrank=0.05
+        ),
+    )
     base.update(overrides)
     return TrainOptions(**base)
 
@@ -47,8 +60,14 @@ def test_training_writes_results_curve_and_best_adapter(tiny_setup, tmp_path):
     results = Run(options(tiny_setup, tmp_path, zero_shot=True)).fit()
     assert results["steps"] == 6 and results["trainable_parameters"] > 0
     assert {"validation", "test", "zero_shot_validation", "zero_shot_test"} <= set(results)
-    for name in ("results.json", "metrics.jsonl", "training_curve.png", "run.json", "best/adapter_config.json",
-                 "checkpoint/trainer_state.pt"):
+    for name in (
+        "results.json",
+        "metrics.jsonl",
+        "training_curve.png",
+        "run.json",
+        "best/adapter_config.json",
+        "checkpoint/trainer_state.pt",
+    ):
         assert (tmp_path / name).exists(), name
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in logged) and any("val_accuracy" in r for r in logged)
@@ -161,8 +180,12 @@ def test_resume_may_change_the_step_budget_and_learning_rates(tiny_setup, tmp_pa
 def test_save_every_checkpoints_without_evaluating(tiny_setup, tmp_path, monkeypatch):
     calls = {"eval": 0, "save": 0}
     evaluate, save = Run._eval_and_select, Run._save_checkpoint
-    monkeypatch.setattr(Run, "_eval_and_select", lambda self: calls.__setitem__("eval", calls["eval"] + 1) or evaluate(self))
-    monkeypatch.setattr(Run, "_save_checkpoint", lambda self: calls.__setitem__("save", calls["save"] + 1) or save(self))
+    monkeypatch.setattr(
+        Run, "_eval_and_select", lambda self: calls.__setitem__("eval", calls["eval"] + 1) or evaluate(self)
+    )
+    monkeypatch.setattr(
+        Run, "_save_checkpoint", lambda self: calls.__setitem__("save", calls["save"] + 1) or save(self)
+    )
     Run(options(tiny_setup, tmp_path, max_steps=4, eval_every=4, save_every=1)).fit()
     assert calls == {"eval": 1, "save": 4}
 
@@ -198,17 +221,66 @@ def test_data_order_is_the_same_for_any_number_of_processes():
 def test_two_processes_match_one(tiny_setup, tmp_path):
     """DDP on 2 CPU processes (gloo) with the same global batch gives the same adapter."""
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    common = ["train", "--task", f"csv:{tiny_setup / 'task.csv'}", "--text-fields", "text", "--label-field", "label",
-              "--model", str(tiny_setup / "model"), "--max-steps", "4", "--batch-size", "4", "--eval-every", "4",
-              "--eval-samples", "4", "--test-samples", "0", "--precision", "fp32", "--seed", "3",
-              "--prompt-length", "4", "--rank", "2", "--max-length", "32", "--lr-prompt", "0.1", "--lr-lowrank", "0.05",
-              "--warmup-steps", "1"]
+    common = [
+        "train",
+        "--task",
+        f"csv:{tiny_setup / 'task.csv'}",
+        "--text-fields",
+        "text",
+        "--label-field",
+        "label",
+        "--model",
+        str(tiny_setup / "model"),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "4",
+        "--eval-samples",
+        "4",
+        "--test-samples",
+        "0",
+        "--precision",
+        "fp32",
+        "--seed",
+        "3",
+        "--prompt-length",
+        "4",
+        "--rank",
+        "2",
+        "--max-length",
+        "32",
+        "--lr-prompt",
+        "0.1",
+        "--lr-lowrank",
+        "0.05",
+        "--warmup-steps",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     single = [sys.executable, "-m", "dept.cli", *common, "--output-dir", str(tmp_path / "one")]
     # --multi_gpu is accelerate's torchrun-based launcher; dept picks gloo itself on a machine without CUDA.
-    double = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "dept.cli", *common,
-              "--output-dir", str(tmp_path / "two")]
+    double = [
+        launcher,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        "-m",
+        "dept.cli",
+        *common,
+        "--output-dir",
+        str(tmp_path / "two"),
+    ]
     for cmd in (single, double):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from conftest import batch, randomize_update, tiny_llama, tiny_t5
 from dept import DePTConfig, DePTModel
 from dept.loss import logits_needed
 from dept.optim import create_optimizer, create_scheduler
+
+from conftest import batch, randomize_update, tiny_llama, tiny_t5
 
 CFG = DePTConfig(prompt_length=4, rank=2, max_length=16, prompt_init="vocab")
 
@@ -33,7 +34,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(backbone):
     plain = grads(dm)
     dm.gradient_checkpointing_enable()
     checkpointed = grads(dm)
-    assert getattr(backbone, 'is_activation_checkpointing', None) or backbone.is_gradient_checkpointing
+    assert getattr(backbone, "is_activation_checkpointing", None) or backbone.is_gradient_checkpointing
     assert set(plain) == set(checkpointed) and len(plain) == 3
     for name in plain:
         torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5)
@@ -55,7 +56,9 @@ def test_causal_loss_equals_full_logit_loss():
     torch.testing.assert_close(out.logits, full.logits[:, -keep:])
     torch.testing.assert_close(out.loss, full.loss)
     slots = dm.prompted_inputs(ids, mask).carry(labels, -100)
-    reference = torch.nn.functional.cross_entropy(full.logits[:, :-1].reshape(-1, 100), slots[:, 1:].reshape(-1), ignore_index=-100)
+    reference = torch.nn.functional.cross_entropy(
+        full.logits[:, :-1].reshape(-1, 100), slots[:, 1:].reshape(-1), ignore_index=-100
+    )
     torch.testing.assert_close(out.loss, reference)
     with pytest.raises(ValueError, match="logits_to_keep"):
         dm(input_ids=ids, attention_mask=mask, labels=labels, logits_to_keep=keep - 1)

@@ -176,4 +176,3 @@ def make_tiny_t5(
         torch.manual_seed(seed)
         model = T5ForConditionalGeneration(T5Config(**fields))
     return _finish(model, path, tokenizer)
-

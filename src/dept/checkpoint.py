@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from dept._extras import requires
 from dept.config import OFFICIAL_INIT_TEXT, DePTConfig
 from dept.prompt import DePTAdapter
 
@@ -53,7 +54,9 @@ def _umask() -> int:
     return mask
 
 
-def write_adapter(path: str | Path, config: DePTConfig, tensors: dict[str, torch.Tensor], backbone: dict[str, Any]) -> None:
+def write_adapter(
+    path: str | Path, config: DePTConfig, tensors: dict[str, torch.Tensor], backbone: dict[str, Any]
+) -> None:
     from dept import __version__
 
     path = Path(path)
@@ -97,12 +100,16 @@ def read_adapter(path: str | Path) -> tuple[DePTConfig, dict[str, torch.Tensor],
             raise ValueError("no 'config' object (the DePTConfig) in it; re-save the adapter with dept")
         config = DePTConfig.from_dict(meta["config"])
     except KeyError as err:  # an entry the format requires
-        raise ValueError(f"Adapter {path} ({kind}) lacks {err.args[0]!r}; its config or weights file is incomplete.") from err
+        raise ValueError(
+            f"Adapter {path} ({kind}) lacks {err.args[0]!r}; its config or weights file is incomplete."
+        ) from err
     except (ValueError, TypeError) as err:
         raise ValueError(f"{config_file}: {err}") from err
     missing = [key for key in (ADAPTER_KEYS if config.rank else ADAPTER_KEYS[:1]) if key not in tensors]
     if missing:
-        raise ValueError(f"The weights in {path} lack the tensor(s) {missing} that its config (rank {config.rank}) needs.")
+        raise ValueError(
+            f"The weights in {path} lack the tensor(s) {missing} that its config (rank {config.rank}) needs."
+        )
     return config, tensors, meta.get("backbone") or {}
 
 
@@ -121,15 +128,19 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             tensors = torch.load(file, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{file} is not a readable PyTorch weights file ({reason}); it is truncated or corrupt.") from err
+            raise ValueError(
+                f"{file} is not a readable PyTorch weights file ({reason}); it is truncated or corrupt."
+            ) from err
         if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
             raise ValueError(f"{file} does not hold a dict of tensors.")
     else:
         raise FileNotFoundError(f"No {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} in {path}.")
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"{file}: tensor {key!r} holds NaN or inf values (saved from a diverged run); "
-                             "use an earlier checkpoint or retrain with lower learning rates.")
+            raise ValueError(
+                f"{file}: tensor {key!r} holds NaN or inf values (saved from a diverged run); "
+                "use an earlier checkpoint or retrain with lower learning rates."
+            )
     return tensors
 
 
@@ -175,10 +186,19 @@ def _from_peft_prompt_tuning(meta: dict, weights: dict[str, torch.Tensor]):
     if prompt.shape[0] != m:
         # PEFT keeps one block of m rows per transformer submodule; the first is the encoder's.
         logger.warning("PEFT prompt has %d rows for %d virtual tokens; using the first %d.", prompt.shape[0], m, m)
-    config = DePTConfig(prompt_length=m, rank=0, prompt_init="text" if meta.get("prompt_tuning_init") == "TEXT" else "random",
-                        init_text=meta.get("prompt_tuning_init_text") or OFFICIAL_INIT_TEXT)
-    backbone = {"model_type": None, "hidden_size": int(prompt.shape[1]), "vocab_size": None,
-                "name_or_path": meta.get("base_model_name_or_path"), "kind": None}
+    config = DePTConfig(
+        prompt_length=m,
+        rank=0,
+        prompt_init="text" if meta.get("prompt_tuning_init") == "TEXT" else "random",
+        init_text=meta.get("prompt_tuning_init_text") or OFFICIAL_INIT_TEXT,
+    )
+    backbone = {
+        "model_type": None,
+        "hidden_size": int(prompt.shape[1]),
+        "vocab_size": None,
+        "name_or_path": meta.get("base_model_name_or_path"),
+        "kind": None,
+    }
     return config, {"prompt_embeddings": prompt[:m]}, backbone
 
 
@@ -217,8 +237,10 @@ def fill_adapter(adapter: DePTAdapter, tensors: dict[str, torch.Tensor], path: P
     for key, value in tensors.items():
         if key not in state or state[key].shape != value.shape:
             have = tuple(state[key].shape) if key in state else "no such tensor"
-            raise ValueError(f"Checkpoint {path} tensor {key!r} {tuple(value.shape)} does not fit this adapter ({have}); "
-                             "was it saved for another backbone or head?")
+            raise ValueError(
+                f"Checkpoint {path} tensor {key!r} {tuple(value.shape)} does not fit this adapter ({have}); "
+                "was it saved for another backbone or head?"
+            )
     missing = sorted(k for k in state if k.startswith("head.") and k not in tensors)
     if missing:
         logger.warning("Checkpoint %s has no classifier head (%s); the head keeps its fresh init.", path, missing)
@@ -239,7 +261,8 @@ def convert_official(src_dir: str | Path, dst_dir: str | Path) -> DePTConfig:
 
 def export_peft(model, path: str | Path, adapter_name: Optional[str] = None) -> None:
     """Write a DePTModel's r=0 adapter as a PEFT PROMPT_TUNING adapter that `PeftModel.from_pretrained` loads."""
-    from peft import PromptTuningConfig, TaskType
+    with requires("train"):
+        from peft import PromptTuningConfig, TaskType
 
     name = adapter_name or model.active_adapter
     adapter = model.adapters[name]
@@ -263,4 +286,6 @@ def export_peft(model, path: str | Path, adapter_name: Optional[str] = None) -> 
     path.mkdir(parents=True, exist_ok=True)
     peft_config.save_pretrained(str(path))
     prompt = adapter.prompt_embeddings.detach().cpu().float().contiguous()
-    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file({"prompt_embeddings": prompt}, tmp, metadata={"format": "pt"}))
+    _atomic_write(
+        path / WEIGHTS_NAME, lambda tmp: save_file({"prompt_embeddings": prompt}, tmp, metadata={"format": "pt"})
+    )

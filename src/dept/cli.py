@@ -15,10 +15,21 @@ from typing import Optional
 
 import typer
 
-from dept.options import (PRECISIONS, SCORINGS, SPLITS, MethodOptions, TrainOptions, UsageError, check_at_least,
-                          check_choice)
+from dept.options import (
+    PRECISIONS,
+    SCORINGS,
+    SPLITS,
+    MethodOptions,
+    TrainOptions,
+    UsageError,
+    check_at_least,
+    check_choice,
+)
+from dept.trained import Trained, model_kind_of
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decomposed Prompt Tuning (DePT) for any Hugging Face model.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Decomposed Prompt Tuning (DePT) for any Hugging Face model."
+)
 logger = logging.getLogger("dept.cli")
 
 # Defaults live in the dataclasses, once; the options below read them from there.
@@ -32,7 +43,9 @@ ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Cl
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -40,14 +53,22 @@ def _setup_logging(verbose: bool) -> None:
 
 @app.command()
 def train(
-    task: Optional[str] = typer.Option(None, help="glue/<task>, superglue/<task>, csv:PATH or jsonl:PATH. Omit to run the main job."),
+    task: Optional[str] = typer.Option(
+        None, help="glue/<task>, superglue/<task>, csv:PATH or jsonl:PATH. Omit to run the main job."
+    ),
     method: str = typer.Option(M.method, help="dept | pt | lora | full"),
     model: str = typer.Option(T.model, help="Named offline backbone, hub id or local directory."),
     output_dir: Optional[Path] = typer.Option(None, help="The run's folder (default runs/<task>/<method>)."),
-    data_dir: Optional[Path] = typer.Option(None, envvar="DEPT_DATA_DIR", help="Folder with glue/ and superglue/ in the original layout."),
+    data_dir: Optional[Path] = typer.Option(
+        None, envvar="DEPT_DATA_DIR", help="Folder with glue/ and superglue/ in the original layout."
+    ),
     split_rule: str = typer.Option(T.split_rule, help="paper (DePT's splits) or official (train/dev as released)."),
-    max_steps: Optional[int] = typer.Option(None, help=f"Optimizer steps (default {T.max_steps}; main job {MAIN_JOB['max_steps']})."),
-    batch_size: Optional[int] = typer.Option(None, help=f"Global batch size (default {T.batch_size}; main job {MAIN_JOB['batch_size']})."),
+    max_steps: Optional[int] = typer.Option(
+        None, help=f"Optimizer steps (default {T.max_steps}; main job {MAIN_JOB['max_steps']})."
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, help=f"Global batch size (default {T.batch_size}; main job {MAIN_JOB['batch_size']})."
+    ),
     grad_accum: int = typer.Option(T.grad_accum, help="Micro-batches per optimizer step."),
     budget: int = typer.Option(M.budget, help="PT prompt length l whose parameter count DePT matches."),
     prompt_length: int = typer.Option(M.prompt_length, help="DePT prompt length m."),
@@ -61,8 +82,12 @@ def train(
     max_grad_norm: float = typer.Option(T.max_grad_norm),
     precision: str = typer.Option(T.precision, help="auto | bf16 | fp32 (auto = bf16 where the hardware has it)."),
     gradient_checkpointing: bool = typer.Option(T.gradient_checkpointing),
-    eval_every: Optional[int] = typer.Option(None, help=f"Evaluate every N steps (default {T.eval_every}; main job {MAIN_JOB['eval_every']})."),
-    save_every: Optional[int] = typer.Option(T.save_every, help="Checkpoint every N steps, without evaluating (default: --eval-every)."),
+    eval_every: Optional[int] = typer.Option(
+        None, help=f"Evaluate every N steps (default {T.eval_every}; main job {MAIN_JOB['eval_every']})."
+    ),
+    save_every: Optional[int] = typer.Option(
+        T.save_every, help="Checkpoint every N steps, without evaluating (default: --eval-every)."
+    ),
     eval_samples: Optional[int] = typer.Option(None, help="Evaluate on the first N validation examples."),
     test_samples: Optional[int] = typer.Option(None, help="Test on the first N test examples."),
     patience: Optional[int] = typer.Option(T.patience, help="Stop after this many evaluations without improvement."),
@@ -74,7 +99,9 @@ def train(
     label_field: Optional[str] = typer.Option(None, help="Custom tasks: label column."),
     zero_shot: bool = typer.Option(T.zero_shot, help="Also score the untouched backbone."),
     seed: int = typer.Option(T.seed),
-    resume: bool = typer.Option(T.resume, help="Continue the run in OUTPUT_DIR (same task, method, model, adapter shape)."),
+    resume: bool = typer.Option(
+        T.resume, help="Continue the run in OUTPUT_DIR (same task, method, model, adapter shape)."
+    ),
     overwrite: bool = typer.Option(T.overwrite, help="Replace the run in OUTPUT_DIR."),
     tensorboard: bool = typer.Option(T.tensorboard),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress; show the traceback of an error."),
@@ -87,18 +114,53 @@ def train(
         task_options["text_fields"] = text_fields.split(",")
     if label_field:
         task_options["label_field"] = label_field
-    given = {k: v for k, v in dict(task=task, max_steps=max_steps, batch_size=batch_size, eval_every=eval_every,
-                                   eval_samples=eval_samples, test_samples=test_samples,
-                                   output_dir=str(output_dir) if output_dir else None).items() if v is not None}
+    given = {
+        k: v
+        for k, v in dict(
+            task=task,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            eval_every=eval_every,
+            eval_samples=eval_samples,
+            test_samples=test_samples,
+            output_dir=str(output_dir) if output_dir else None,
+        ).items()
+        if v is not None
+    }
     opts = TrainOptions(
-        **{**(MAIN_JOB if main_job else {}), **given}, model=model, data_dir=str(data_dir) if data_dir else None,
-        split_rule=split_rule, grad_accum=grad_accum, warmup_steps=warmup_steps, max_grad_norm=max_grad_norm,
-        precision=precision, gradient_checkpointing=gradient_checkpointing, save_every=save_every, patience=patience,
-        scoring=scoring, k_shot=k_shot, seed=seed, resume=resume, overwrite=overwrite, zero_shot=zero_shot or main_job,
-        tensorboard=tensorboard, task_options=task_options,
-        method=MethodOptions(method=method, budget=budget, prompt_length=prompt_length, rank=rank, max_length=max_length,
-                             lora_rank=lora_rank, lr_prompt=lr_prompt, lr_lowrank=lr_lowrank, lr=lr,
-                             init_from=str(init_from) if init_from else None, reset_lowrank_b=reset_lowrank_b, seed=seed),
+        **{**(MAIN_JOB if main_job else {}), **given},
+        model=model,
+        data_dir=str(data_dir) if data_dir else None,
+        split_rule=split_rule,
+        grad_accum=grad_accum,
+        warmup_steps=warmup_steps,
+        max_grad_norm=max_grad_norm,
+        precision=precision,
+        gradient_checkpointing=gradient_checkpointing,
+        save_every=save_every,
+        patience=patience,
+        scoring=scoring,
+        k_shot=k_shot,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+        zero_shot=zero_shot or main_job,
+        tensorboard=tensorboard,
+        task_options=task_options,
+        method=MethodOptions(
+            method=method,
+            budget=budget,
+            prompt_length=prompt_length,
+            rank=rank,
+            max_length=max_length,
+            lora_rank=lora_rank,
+            lr_prompt=lr_prompt,
+            lr_lowrank=lr_lowrank,
+            lr=lr,
+            init_from=str(init_from) if init_from else None,
+            reset_lowrank_b=reset_lowrank_b,
+            seed=seed,
+        ),
     )
     # Every option, the task name and custom data files are checked before any data or backbone loads.
     from dept.tasks import get_task
@@ -116,8 +178,10 @@ def train(
 
 def _summary(results: dict) -> str:
     metric = results["main_metric"]
-    lines = [f"{results['method']} on {results['task']} ({results['model']}): {results['trainable_parameters']:,} trainable "
-             f"parameters, {results['steps']} steps, {results['train_seconds']:.0f} s, peak {results['peak_memory_mb']:.0f} MB"]
+    lines = [
+        f"{results['method']} on {results['task']} ({results['model']}): {results['trainable_parameters']:,} trainable "
+        f"parameters, {results['steps']} steps, {results['train_seconds']:.0f} s, peak {results['peak_memory_mb']:.0f} MB"
+    ]
     for split in ("validation", "test"):
         if split in results:
             zero = results.get(f"zero_shot_{split}")
@@ -133,89 +197,11 @@ def _task(name: str, run: dict):
     return get_task(name, **((run.get("task_options") or {}) if name == run.get("task") else {}))
 
 
-def _run_settings(adapter: Path) -> dict:
-    """The run.json of the training run that produced `adapter` (it sits in the run folder)."""
-    for folder in (adapter, *adapter.parents[:2]):
-        if (folder / "run.json").is_file():
-            try:
-                run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{folder / 'run.json'} is not valid JSON ({err}).") from None
-            if not isinstance(run, dict):
-                raise UsageError(f"{folder / 'run.json'} does not hold a JSON object.")
-            return run
-    return {}
-
-
-def _adapter_folder(adapter: Path) -> Path:
-    """`dept eval --adapter RUN` takes the folder `dept train` printed and scores its best/."""
-    if (adapter / "run.json").is_file() and not any((adapter / f).is_file() for f in ("adapter_config.json", "config.json")):
-        if not (adapter / "best").is_dir():
-            raise UsageError(f"{adapter} is a run folder without best/ (no evaluation has finished yet); "
-                             f"pass a checkpoint such as {adapter / 'checkpoint' / 'model'}.")
-        logger.warning("%s is a run folder: using its best validation checkpoint %s", adapter, adapter / "best")
-        return adapter / "best"
-    return adapter
-
-
-class Trained:
-    """What eval and predict need to know about an adapter, checked before any backbone loads."""
-
-    def __init__(self, adapter: Path, model: Optional[str]):
-        self.adapter = _adapter_folder(adapter)
-        self.run = _run_settings(self.adapter)
-        self.method = (self.run.get("method") or {}).get("method", "dept")
-        self.max_length = None  # the adapter's own s, for dept adapters
-        if self.method in ("dept", "pt"):
-            from dept.checkpoint import read_adapter
-
-            config, _, _ = read_adapter(self.adapter)  # names a missing, truncated, corrupt or NaN file
-            self.max_length = config.max_length
-        elif self.method == "lora":
-            from dept.checkpoint import read_weights
-
-            if not (self.adapter / "adapter_config.json").is_file():
-                raise UsageError(f"No adapter_config.json in {self.adapter}; expected the LoRA adapter a --method lora run saves.")
-            read_weights(self.adapter)
-        elif not (self.adapter / "config.json").is_file():
-            raise UsageError(f"No config.json in {self.adapter}; a --method full run saves a whole model folder.")
-        self.backbone = model or self.run.get("model")
-        if self.backbone is None and self.method != "full":
-            raise UsageError(f"No run.json next to {self.adapter} names its backbone; pass --model.")
-
-    def setting(self, key: str, flag: str, given, default):
-        """A data setting from the run's run.json (so eval sees the run's splits); a flag overrides it, with a warning."""
-        stored = (self.run.get("method") or {}).get(key) if key == "max_length" else self.run.get(key)
-        if given is None:
-            return stored if stored is not None else default
-        if stored is not None and given != stored:
-            logger.warning("%s %s overrides the run's %s=%s (run.json).", flag, given, key, stored)
-        return given
-
-    def load(self):
-        """Backbone + trained weights: dept adapters, peft LoRA adapters or full models."""
-        from dept.backbones import load_backbone
-        from dept.model import DePTModel
-
-        if self.method == "full":
-            return load_backbone(str(self.adapter))
-        backbone, tokenizer = load_backbone(self.backbone)
-        if self.method == "lora":
-            from peft import PeftModel
-
-            return PeftModel.from_pretrained(backbone, self.adapter), tokenizer
-        return DePTModel.from_pretrained(backbone, self.adapter, tokenizer=tokenizer), tokenizer
-
-
-def _kind(model) -> str:
-    from dept.kinds import model_kind
-
-    return getattr(model, "kind", None) or model_kind(model.get_base_model() if hasattr(model, "get_base_model") else model)
-
-
 @app.command("eval")
 def eval_command(
-    adapter: Path = typer.Option(..., exists=True, file_okay=False, help="Adapter folder (RUN/best), or a run folder: its best/ is used."),
+    adapter: Path = typer.Option(
+        ..., exists=True, file_okay=False, help="Adapter folder (RUN/best), or a run folder: its best/ is used."
+    ),
     task: str = typer.Option(..., help="Task to score on."),
     split: str = typer.Option("test", help="train | validation | test"),
     model: Optional[str] = typer.Option(None, help="Backbone (default: the one in the run's run.json)."),
@@ -248,19 +234,27 @@ def eval_command(
     seed = trained.setting("seed", "--seed", seed, T.seed)
     max_length = trained.setting("max_length", "--max-length", max_length, trained.max_length or M.max_length)
     if data_dir is not None and not Path(data_dir).is_dir():
-        raise UsageError(f"--data-dir {data_dir} (given, or the run's) is not a folder; pass the folder that holds glue/ and superglue/.")
+        raise UsageError(
+            f"--data-dir {data_dir} (given, or the run's) is not a folder; pass the folder that holds glue/ and superglue/."
+        )
     examples = spec.load(data_dir=data_dir, split_rule=split_rule, seed=seed, use_hub=data_dir is None)[split][:samples]
 
+    from dept.data import count_truncated
     from dept.scoring import evaluate
-    from dept.train import count_truncated
 
     model_, tokenizer = trained.load()
-    kind = _kind(model_)
+    kind = model_kind_of(model_)
     cut = count_truncated(tokenizer, examples, kind, max_length)
     if cut:
-        logger.warning("%d of %d examples are longer than max_length=%d tokens; their source text is cut to fit.",
-                       cut, len(examples), max_length)
-    metrics, _ = evaluate(model_, tokenizer, kind, spec, examples, max_length, scoring, batch_size, resolve_precision(precision))
+        logger.warning(
+            "%d of %d examples are longer than max_length=%d tokens; their source text is cut to fit.",
+            cut,
+            len(examples),
+            max_length,
+        )
+    metrics, _ = evaluate(
+        model_, tokenizer, kind, spec, examples, max_length, scoring, batch_size, resolve_precision(precision)
+    )
     typer.echo(json.dumps({"task": task, "split": split, "examples": len(examples), **metrics}, indent=2))
 
 
@@ -280,8 +274,10 @@ def _read_inputs(path: Path) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UsageError(f"{name} line {lineno}: invalid JSON ({err.msg} at column {err.colno}); give one JSON "
-                             "object or one plain text per line.") from None
+            raise UsageError(
+                f"{name} line {lineno}: invalid JSON ({err.msg} at column {err.colno}); give one JSON "
+                "object or one plain text per line."
+            ) from None
         key = "source" if "source" in record else "text"
         if key not in record:
             raise UsageError(f"{name} line {lineno}: JSON object without a 'source' or 'text' field.")
@@ -293,7 +289,9 @@ def _read_inputs(path: Path) -> list[str]:
 
 @app.command()
 def predict(
-    adapter: Path = typer.Option(..., exists=True, file_okay=False, help="Adapter folder (RUN/best), or a run folder: its best/ is used."),
+    adapter: Path = typer.Option(
+        ..., exists=True, file_okay=False, help="Adapter folder (RUN/best), or a run folder: its best/ is used."
+    ),
     input: Path = typer.Option(Path("-"), help="JSONL (a 'source' or 'text' field) or plain text lines; - = stdin."),
     output: Path = typer.Option(Path("-"), help="JSONL out; - = stdout."),
     task: Optional[str] = typer.Option(None, help="Rank this task's labels instead of generating."),
@@ -317,18 +315,23 @@ def predict(
         return
     max_length = trained.setting("max_length", "--max-length", None, trained.max_length or M.max_length)
 
-    from dept.scoring import candidates_for, generate_texts, rank_scores
     from dept.precision import resolve_precision
+    from dept.scoring import candidates_for, generate_texts, rank_scores
 
     model_, tokenizer = trained.load()
-    kind = _kind(model_)
+    kind = model_kind_of(model_)
     precision = resolve_precision(precision)
     if spec is not None:
         candidates, values = candidates_for(spec)
         scores = rank_scores(model_, tokenizer, kind, sources, candidates, max_length, batch_size, precision)
-        rows = [{"source": s, "prediction": candidates[int(sc.argmax())],
-                 **({"expected_value": float((sc.softmax(-1) * values).sum())} if values is not None else {})}
-                for s, sc in zip(sources, scores)]
+        rows = [
+            {
+                "source": s,
+                "prediction": candidates[int(sc.argmax())],
+                **({"expected_value": float((sc.softmax(-1) * values).sum())} if values is not None else {}),
+            }
+            for s, sc in zip(sources, scores)
+        ]
     else:
         texts = generate_texts(model_, tokenizer, kind, sources, max_length, max_new_tokens, batch_size, precision)
         rows = [{"source": s, "prediction": t} for s, t in zip(sources, texts)]
@@ -366,7 +369,9 @@ def tasks():
 def _register_bench() -> None:
     from dept.bench.cli import bench_command  # no torch import: `dept --help` stays fast
 
-    app.command("bench", help="Time and memory of DePT vs prompt tuning (ours, PEFT) and LoRA, side by side.")(bench_command)
+    app.command("bench", help="Time and memory of DePT vs prompt tuning (ours, PEFT) and LoRA, side by side.")(
+        bench_command
+    )
 
 
 _register_bench()

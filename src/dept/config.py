@@ -19,12 +19,24 @@ class DePTConfig:
     """One adapter: a soft prompt of `prompt_length` vectors plus a rank-`rank` update of the
     embeddings of the first `max_length` input positions. `rank=0` is vanilla prompt tuning."""
 
-    prompt_length: int = field(default=60, metadata={"help": "m: number of soft-prompt vectors prepended to the input."})
-    rank: int = field(default=30, metadata={"help": "r: rank of the position-wise embedding update A·B; 0 = vanilla prompt tuning."})
+    prompt_length: int = field(
+        default=60, metadata={"help": "m: number of soft-prompt vectors prepended to the input."}
+    )
+    rank: int = field(
+        default=30, metadata={"help": "r: rank of the position-wise embedding update A·B; 0 = vanilla prompt tuning."}
+    )
     max_length: int = field(default=256, metadata={"help": "s: longest input (in tokens) the update A (s×r) covers."})
-    lora_alpha: float = field(default=8.0, metadata={"help": "Scale of the update: lora_alpha / sqrt(rank), as in the official code."})
-    prompt_init: str = field(default="text", metadata={"help": "text (tokens of init_text, cycled), vocab (random vocabulary rows) or random (N(0,1))."})
-    init_text: str = field(default=OFFICIAL_INIT_TEXT, metadata={"help": "Text whose token embeddings initialise the prompt when prompt_init='text'."})
+    lora_alpha: float = field(
+        default=8.0, metadata={"help": "Scale of the update: lora_alpha / sqrt(rank), as in the official code."}
+    )
+    prompt_init: str = field(
+        default="text",
+        metadata={"help": "text (tokens of init_text, cycled), vocab (random vocabulary rows) or random (N(0,1))."},
+    )
+    init_text: str = field(
+        default=OFFICIAL_INIT_TEXT,
+        metadata={"help": "Text whose token embeddings initialise the prompt when prompt_init='text'."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed for the adapter's random initialisation."})
 
     def __post_init__(self) -> None:
@@ -54,7 +66,9 @@ class DePTConfig:
         return self.prompt_length * hidden_size + self.rank * (self.max_length + hidden_size)
 
     @classmethod
-    def from_budget(cls, budget_tokens: int, prompt_length: int, hidden_size: int, max_length: int = 256, **kwargs: Any) -> "DePTConfig":
+    def from_budget(
+        cls, budget_tokens: int, prompt_length: int, hidden_size: int, max_length: int = 256, **kwargs: Any
+    ) -> DePTConfig:
         """The largest rank with m·d + s·r + r·d <= l·d, i.e. r = floor((l − m)·d / (s + d))."""
         if prompt_length > budget_tokens:
             raise ValueError(
@@ -70,7 +84,7 @@ class DePTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DePTConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DePTConfig:
         if not isinstance(data, dict):
             raise ValueError(f"A DePTConfig must be a JSON object, got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -83,7 +97,7 @@ class DePTConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "DePTConfig":
+    def from_json(cls, text_or_path: str | Path) -> DePTConfig:
         """Parse JSON text, or read it from a file path."""
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):

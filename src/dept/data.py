@@ -8,8 +8,9 @@ longest row, causal rows on the left so their text ends at the last slot.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -80,3 +81,15 @@ def pad_batch(
         target_width = max(len(r.labels) for r in rows)
         batch["labels"] = torch.tensor([r.labels + [-100] * (target_width - len(r.labels)) for r in rows])
     return batch
+
+
+def count_truncated(tokenizer, examples, kind: str, max_length: int, encoded=None) -> int:
+    """How many rows lose source tokens to max_length (encode() cuts the source, never the label)."""
+    if encoded is None:
+        encoded = [
+            encode(tokenizer, e.source, None if kind == "classification" else e.target, kind, max_length)
+            for e in examples
+        ]
+    full = tokenizer([e.source for e in examples])["input_ids"] if examples else []
+    kept = [enc.labels.count(-100) if kind == "causal" else len(enc.input_ids) for enc in encoded]
+    return sum(k < len(f) for k, f in zip(kept, full))

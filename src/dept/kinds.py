@@ -64,5 +64,7 @@ def pools_last_token(model: Any) -> bool:
     from transformers.models.auto import modeling_auto
 
     model_type = getattr(model.config, "model_type", None)
-    return (model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-            and model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    return (
+        model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )

@@ -35,8 +35,12 @@ def keep_positions(keep: int, total: int, device) -> int | torch.Tensor:
 
 def causal_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy; `labels` are aligned with `logits` slot by slot (-100 = no target)."""
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=-100, reduction=reduction)
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction=reduction,
+    )
 
 
 def label_count(batch: dict, kind: str) -> int:
@@ -54,8 +58,9 @@ def lm_loss(model, batch: dict, kind: str, reduction: str = "mean") -> torch.Ten
     if kind != "causal":
         call = {k: v for k, v in batch.items() if k != "labels" or kind == "seq2seq"}
         logits = model(**call).logits
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                               reduction=reduction)
+        return F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction=reduction
+        )
     keep = logits_needed(labels)
     call = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     if takes_source_mask(model):

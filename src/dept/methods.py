@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 LORA_TARGET_MODULES = "all-linear"
 
 
-
 def dept_config(opts: MethodOptions, hidden_size: int) -> DePTConfig:
     """pt: l = budget tokens, r = 0. dept: m = prompt_length and the budget-matched rank unless given."""
     common = dict(max_length=opts.max_length, prompt_init=opts.prompt_init, seed=opts.seed)
@@ -31,15 +30,24 @@ def dept_config(opts: MethodOptions, hidden_size: int) -> DePTConfig:
         return DePTConfig.from_budget(opts.budget, opts.prompt_length, hidden_size, **common)
     limit = min(opts.max_length, hidden_size)
     if opts.rank > limit:
-        raise UsageError(f"--rank {opts.rank} is above min(s={opts.max_length}, d={hidden_size}) = {limit}: A·B cannot "
-                         f"have a higher rank; choose --rank <= {limit}.")
+        raise UsageError(
+            f"--rank {opts.rank} is above min(s={opts.max_length}, d={hidden_size}) = {limit}: A·B cannot "
+            f"have a higher rank; choose --rank <= {limit}."
+        )
     config = DePTConfig(prompt_length=opts.prompt_length, rank=opts.rank, **common)
     used, budget = config.num_trainable(hidden_size), opts.budget * hidden_size
     if used > budget:
         # An explicit rank is the user's call; say what it costs against the budget PT would get.
-        logger.warning("DePT m=%d, r=%d trains %d parameters, %d over the budget of %d prompt tokens (%d parameters); "
-                       "leave --rank out for the budget-matched rank.", opts.prompt_length, opts.rank, used,
-                       used - budget, opts.budget, budget)
+        logger.warning(
+            "DePT m=%d, r=%d trains %d parameters, %d over the budget of %d prompt tokens (%d parameters); "
+            "leave --rank out for the budget-matched rank.",
+            opts.prompt_length,
+            opts.rank,
+            used,
+            used - budget,
+            opts.budget,
+            budget,
+        )
     return config
 
 
@@ -71,8 +79,12 @@ def lora_config(kind: str, rank: int):
     with requires("train"):
         from peft import LoraConfig, TaskType
 
-    task_type = {"causal": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM, "classification": TaskType.SEQ_CLS}[kind]
-    return LoraConfig(task_type=task_type, r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGET_MODULES)
+    task_type = {"causal": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM, "classification": TaskType.SEQ_CLS}[
+        kind
+    ]
+    return LoraConfig(
+        task_type=task_type, r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGET_MODULES
+    )
 
 
 def optimizer_for(opts: MethodOptions, model: nn.Module) -> torch.optim.Optimizer:

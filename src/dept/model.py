@@ -13,8 +13,9 @@ import copy
 import inspect
 import logging
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -211,8 +212,11 @@ class DePTModel(nn.Module):
         if self.kind == "causal" and source_mask is None and labels is not None:
             source_mask = labels == -100
             if not (source_mask if attention_mask is None else source_mask & attention_mask.bool()).any():
-                warnings.warn("No input token is labelled -100, so no token is source and the low-rank update gets "
-                              "no gradient; label the input -100 or pass source_mask.", stacklevel=2)
+                warnings.warn(
+                    "No input token is labelled -100, so no token is source and the low-rank update gets "
+                    "no gradient; label the input -100 or pass source_mask.",
+                    stacklevel=2,
+                )
         p, groups = self._prepare(input_ids, attention_mask, inputs_embeds, adapter_names, source_mask)
         if kwargs.get("token_type_ids") is not None:
             kwargs["token_type_ids"] = p.carry(kwargs["token_type_ids"], 0)
@@ -357,7 +361,7 @@ class DePTModel(nn.Module):
         adapter_name: str = "default",
         is_trainable: bool = False,
         tokenizer=None,
-    ) -> "DePTModel":
+    ) -> DePTModel:
         """Wrap `model` and load an adapter saved by dept, an official DePT checkpoint or a PEFT
         prompt-tuning adapter."""
         wrapped = cls(model, None, adapter_name, tokenizer=tokenizer)

@@ -7,9 +7,10 @@ the heavy imports, and refuse a mistake before any data or backbone loads.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from dept.precision import PRECISIONS
 
@@ -71,16 +72,24 @@ class MethodOptions:
 
         check_choice("--method", self.method, METHODS)
         check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
-        for flag, value in (("--budget", self.budget), ("--prompt-length", self.prompt_length),
-                            ("--max-length", self.max_length), ("--lora-rank", self.lora_rank)):
+        for flag, value in (
+            ("--budget", self.budget),
+            ("--prompt-length", self.prompt_length),
+            ("--max-length", self.max_length),
+            ("--lora-rank", self.lora_rank),
+        ):
             check_at_least(flag, value, 1)
         check_at_least("--rank", self.rank, 0)
         if self.rank is not None and self.rank > self.max_length:
-            raise UsageError(f"--rank {self.rank} is above --max-length {self.max_length}: A (s x r) cannot have a "
-                             f"higher rank than s; choose --rank <= {self.max_length}.")
+            raise UsageError(
+                f"--rank {self.rank} is above --max-length {self.max_length}: A (s x r) cannot have a "
+                f"higher rank than s; choose --rank <= {self.max_length}."
+            )
         if self.method == "dept" and self.rank is None and self.prompt_length > self.budget:
-            raise UsageError(f"--prompt-length {self.prompt_length} exceeds the --budget of {self.budget} prompt tokens; "
-                             "choose --prompt-length <= --budget (or set --rank).")
+            raise UsageError(
+                f"--prompt-length {self.prompt_length} exceeds the --budget of {self.budget} prompt tokens; "
+                "choose --prompt-length <= --budget (or set --rank)."
+            )
         for flag, value in (("--lr-prompt", self.lr_prompt), ("--lr-lowrank", self.lr_lowrank), ("--lr", self.lr)):
             check_learning_rate(flag, value)
         if self.init_from is not None and not Path(self.init_from).is_dir():
@@ -130,22 +139,36 @@ class TrainOptions:
         check_choice("--precision", self.precision, PRECISIONS)
         check_choice("--scoring", self.scoring, SCORINGS)
         check_choice("--split-rule", self.split_rule, SPLIT_RULES)
-        for flag, value in (("--max-steps", self.max_steps), ("--batch-size", self.batch_size),
-                            ("--grad-accum", self.grad_accum), ("--eval-every", self.eval_every),
-                            ("--save-every", self.save_every), ("--patience", self.patience), ("--k-shot", self.k_shot),
-                            ("log_every", self.log_every), ("eval_batch_size", self.eval_batch_size)):
+        for flag, value in (
+            ("--max-steps", self.max_steps),
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+            ("--eval-every", self.eval_every),
+            ("--save-every", self.save_every),
+            ("--patience", self.patience),
+            ("--k-shot", self.k_shot),
+            ("log_every", self.log_every),
+            ("eval_batch_size", self.eval_batch_size),
+        ):
             check_at_least(flag, value, 1)
-        for flag, value in (("--warmup-steps", self.warmup_steps), ("--eval-samples", self.eval_samples),
-                            ("--test-samples", self.test_samples)):
+        for flag, value in (
+            ("--warmup-steps", self.warmup_steps),
+            ("--eval-samples", self.eval_samples),
+            ("--test-samples", self.test_samples),
+        ):
             check_at_least(flag, value, 0)
         if not math.isfinite(self.max_grad_norm) or self.max_grad_norm < 0:
-            raise UsageError(f"--max-grad-norm must be a finite number >= 0 (0 = no clipping); got {self.max_grad_norm}.")
+            raise UsageError(
+                f"--max-grad-norm must be a finite number >= 0 (0 = no clipping); got {self.max_grad_norm}."
+            )
         if self.resume and self.overwrite:
             raise UsageError("--resume continues the run in the output folder and --overwrite replaces it; pass one.")
         if self.task_options and not is_custom_task(self.task):
             raise UsageError(f"--text-fields/--label-field apply to csv:/tsv:/jsonl: tasks, not {self.task!r}.")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
-            raise UsageError(f"--data-dir {self.data_dir} is not a folder; give the folder that holds glue/ and superglue/.")
+            raise UsageError(
+                f"--data-dir {self.data_dir} is not a folder; give the folder that holds glue/ and superglue/."
+            )
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--output-dir {self.out} is a file; give a folder for the run.")
         self.method.validate()

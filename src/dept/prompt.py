@@ -8,8 +8,9 @@ a right-padded row and the same row unpadded all get the same update: no padding
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +143,7 @@ def initial_prompt(config: DePTConfig, embeddings: nn.Module, vocab_size: int, t
     """The prompt's starting values, drawn from the backbone's own embedding (so its scale fits)."""
     generator = torch.Generator().manual_seed(config.seed)
     if config.prompt_init == "random":
-        weight = getattr(embeddings, "weight")
+        weight = embeddings.weight
         return torch.randn(config.prompt_length, weight.shape[1], generator=generator)
     if config.prompt_init == "vocab":
         token_ids = torch.randint(0, vocab_size, (config.prompt_length,), generator=generator)
@@ -158,6 +159,6 @@ def initial_prompt(config: DePTConfig, embeddings: nn.Module, vocab_size: int, t
             raise ValueError(f"init_text {config.init_text!r} tokenizes to nothing; choose another init_text.")
         repeats = math.ceil(config.prompt_length / len(ids))
         token_ids = torch.tensor((ids * repeats)[: config.prompt_length])
-    weight = getattr(embeddings, "weight")
+    weight = embeddings.weight
     with torch.no_grad():
         return embeddings(token_ids.to(weight.device)).detach().float().cpu()

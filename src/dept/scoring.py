@@ -8,8 +8,9 @@ so single-token labels cost one forward per example and STS-B's 26 scores cost s
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -18,8 +19,6 @@ from dept.loss import keep_positions, takes_source_mask
 from dept.precision import autocast
 
 logger = logging.getLogger(__name__)
-
-
 
 
 @dataclass
@@ -37,8 +36,14 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 @torch.no_grad()
 def rank_scores(
-    model, tokenizer, kind: str, sources: Sequence[str], candidates: Sequence[str], max_length: int,
-    batch_size: int = 16, precision: str = "fp32",
+    model,
+    tokenizer,
+    kind: str,
+    sources: Sequence[str],
+    candidates: Sequence[str],
+    max_length: int,
+    batch_size: int = 16,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """(N, C) log-probabilities of each candidate string given each source."""
     device = next(model.parameters()).device
@@ -90,20 +95,28 @@ def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, s
     batch = pad_batch([Encoded(r.source, []) for r in rows], kind, pad)
     width = max(len(r.prefix) for r in rows) + 1
     decoder = torch.tensor([[start_id, *r.prefix] + [pad] * (width - 1 - len(r.prefix)) for r in rows])
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                   decoder_input_ids=decoder.to(device)).logits
+    logits = model(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        decoder_input_ids=decoder.to(device),
+    ).logits
     lp = logits.float().log_softmax(-1)
     return [lp[i, : len(r.prefix) + 1] for i, r in enumerate(rows)]
 
 
 @torch.no_grad()
-def classifier_scores(model, tokenizer, sources: Sequence[str], max_length: int, batch_size: int = 16,
-                      precision: str = "fp32") -> torch.Tensor:
+def classifier_scores(
+    model, tokenizer, sources: Sequence[str], max_length: int, batch_size: int = 16, precision: str = "fp32"
+) -> torch.Tensor:
     """Encoder classifiers: log-softmax of the head's logits."""
     device = next(model.parameters()).device
     out = []
     for chunk in _chunks(list(sources), batch_size):
-        batch = pad_batch([encode(tokenizer, s, None, "classification", max_length) for s in chunk], "classification", pad_id(tokenizer))
+        batch = pad_batch(
+            [encode(tokenizer, s, None, "classification", max_length) for s in chunk],
+            "classification",
+            pad_id(tokenizer),
+        )
         with autocast(device, precision):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         out.append(logits.float().log_softmax(-1).cpu())
@@ -111,20 +124,36 @@ def classifier_scores(model, tokenizer, sources: Sequence[str], max_length: int,
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, kind: str, sources: Sequence[str], max_length: int, max_new_tokens: int = 20,
-                   batch_size: int = 16, precision: str = "fp32") -> list[str]:
+def generate_texts(
+    model,
+    tokenizer,
+    kind: str,
+    sources: Sequence[str],
+    max_length: int,
+    max_new_tokens: int = 20,
+    batch_size: int = 16,
+    precision: str = "fp32",
+) -> list[str]:
     """Greedy generation, the paper's protocol (max 20 new tokens, exact string match)."""
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
     texts: list[str] = []
     for chunk in _chunks(list(sources), batch_size):
-        batch = pad_batch([encode(tokenizer, s, None, kind, max_length - max_new_tokens * (kind == "causal"))
-                           for s in chunk], kind, pad)
+        batch = pad_batch(
+            [encode(tokenizer, s, None, kind, max_length - max_new_tokens * (kind == "causal")) for s in chunk],
+            kind,
+            pad,
+        )
         with autocast(device, precision):
-            out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            out = model.generate(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
         if kind == "causal" and out.shape[1] > max_new_tokens:  # plain HF models echo the input
-            out = out[:, batch["input_ids"].shape[1]:]
+            out = out[:, batch["input_ids"].shape[1] :]
         texts += tokenizer.batch_decode(out, skip_special_tokens=True)
     return [t.strip() for t in texts]
 
@@ -138,8 +167,17 @@ def candidates_for(task) -> tuple[list[str], Optional[torch.Tensor]]:
     return [task.target_fn(v) for v in values], torch.tensor(values)
 
 
-def evaluate(model, tokenizer, kind: str, task, examples: Sequence, max_length: int, scoring: str = "rank",
-             batch_size: int = 16, precision: str = "fp32") -> tuple[dict[str, float], list]:
+def evaluate(
+    model,
+    tokenizer,
+    kind: str,
+    task,
+    examples: Sequence,
+    max_length: int,
+    scoring: str = "rank",
+    batch_size: int = 16,
+    precision: str = "fp32",
+) -> tuple[dict[str, float], list]:
     """Metrics and per-example predictions. Regression with rank scoring reads out the expected
     value over the numeric label strings."""
     if not examples:
@@ -149,10 +187,13 @@ def evaluate(model, tokenizer, kind: str, task, examples: Sequence, max_length: 
     model.eval()
     try:
         if scoring == "generate":
-            predictions: list = generate_texts(model, tokenizer, kind, sources, max_length, batch_size=batch_size,
-                                               precision=precision)
+            predictions: list = generate_texts(
+                model, tokenizer, kind, sources, max_length, batch_size=batch_size, precision=precision
+            )
         elif kind == "classification":
-            predictions = classifier_scores(model, tokenizer, sources, max_length, batch_size, precision).argmax(-1).tolist()
+            predictions = (
+                classifier_scores(model, tokenizer, sources, max_length, batch_size, precision).argmax(-1).tolist()
+            )
         else:
             candidates, values = candidates_for(task)
             scores = rank_scores(model, tokenizer, kind, sources, candidates, max_length, batch_size, precision)
@@ -163,4 +204,6 @@ def evaluate(model, tokenizer, kind: str, task, examples: Sequence, max_length: 
     finally:
         model.train(was_training)
     groups = [e.meta.get(task.group_key) for e in examples] if getattr(task, "group_key", None) else None
-    return task.metrics(predictions, list(examples), groups=groups) if groups else task.metrics(predictions, list(examples)), predictions
+    return task.metrics(predictions, list(examples), groups=groups) if groups else task.metrics(
+        predictions, list(examples)
+    ), predictions

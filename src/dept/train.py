@@ -17,20 +17,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import resource
-import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from dept import methods
+from dept import methods, rundir
 from dept._extras import requires
 from dept.backbones import load_backbone
-from dept.data import encode, pad_batch, pad_id
+from dept.data import count_truncated, encode, pad_batch, pad_id
 from dept.kinds import model_kind
 from dept.loss import label_count, lm_loss
 from dept.optim import create_scheduler
@@ -43,27 +40,9 @@ with requires("train"):
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no folder lock
-    fcntl = None
-
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint"
-BEST = "best"
-RUN_FILE = "run.json"
-
-
-LOCK_FILE = ".lock"
-# What a run writes into its folder; any of them there means the folder holds a run.
-RUN_FILES = (RUN_FILE, "metrics.jsonl", "results.json", "training_curve.png", BEST, CHECKPOINT, "tensorboard")
-# What a --resume must share with the run it continues; anything else may change (with a note).
-RESUME_MUST_MATCH = ("task", "task_options", "model", "split_rule", "seed", "k_shot", "method.method", "method.budget",
-                     "method.prompt_length", "method.rank", "method.max_length", "method.lora_rank", "method.prompt_init")
-RESUME_IGNORED = ("resume", "overwrite", "output_dir")
-
-__all__ = ["MethodOptions", "TrainOptions", "Run", "train", "count_truncated"]
+__all__ = ["MethodOptions", "TrainOptions", "Run", "train"]
 
 
 def batch_rows(step: int, micro: int, opts: TrainOptions, n: int, rank: int, world: int) -> list[int]:
@@ -88,80 +67,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _atomic_dir(target: Path, write) -> None:
-    """Write a folder beside `target`, then swap it in: a kill leaves the old or the new one."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop what a killed run logged after its last checkpoint (all of it for a fresh run)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def _restorable(target: Path) -> Optional[Path]:
-    old = target.with_name(f".{target.name}.old")
-    return target if target.exists() else (old if old.exists() else None)
-
-
-class FolderLock:
-    """An exclusive flock on OUT/.lock, so two runs never write into one folder at once. The OS drops
-    it when the process dies, so a killed run leaves no stale lock; the file names the holder's PID."""
-
-    def __init__(self, folder: Path):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.file = open(folder / LOCK_FILE, "a+", encoding="utf-8")
-        if fcntl is None:
-            return
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "unknown"
-            self.file.close()
-            raise UsageError(f"{folder} is in use by another dept run (pid {holder}); wait for it to finish "
-                             "or choose another --output-dir.") from None
-        self.file.truncate(0)
-        self.file.write(f"{os.getpid()}\n")
-        self.file.flush()
-
-    def release(self) -> None:
-        if not self.file.closed:
-            self.file.close()  # closing drops the flock
-
-
-def _flat(options: dict, prefix: str = "") -> dict:
-    """{"method": {"rank": 2}} -> {"method.rank": 2}, to compare two run.json files field by field."""
-    out = {}
-    for key, value in options.items():
-        if isinstance(value, dict) and key != "task_options":
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def count_truncated(tokenizer, examples, kind: str, max_length: int, encoded=None) -> int:
-    """How many rows lose source tokens to max_length (encode() cuts the source, never the label)."""
-    if encoded is None:
-        encoded = [encode(tokenizer, e.source, None if kind == "classification" else e.target, kind, max_length)
-                   for e in examples]
-    full = tokenizer([e.source for e in examples])["input_ids"] if examples else []
-    kept = [enc.labels.count(-100) if kind == "causal" else len(enc.input_ids) for enc in encoded]
-    return sum(k < len(f) for k, f in zip(kept, full))
-
-
 class Run:
     """State of one training run; `fit()` is the whole job."""
 
@@ -175,7 +80,7 @@ class Run:
         self.precision = resolve_precision(opts.precision)
         # Autocast is ours (dept.precision.autocast), so runs of different precision can share a process.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        self.lock: Optional[FolderLock] = None
+        self.lock: Optional[rundir.FolderLock] = None
         try:
             self._claim_output()
             self._load()
@@ -188,50 +93,29 @@ class Run:
         refusal = None
         if self.accelerator.is_main_process:
             try:
-                self.lock = FolderLock(self.out)
-                self._check_output()
+                self.lock = rundir.FolderLock(self.out)
+                rundir.check_output(self.out, self.opts)
             except UsageError as err:
                 refusal = err
         refusal = self._broadcast(refusal)
         if refusal is not None:
             raise refusal
 
-    def _check_output(self) -> None:
-        held = [name for name in RUN_FILES if _restorable(self.out / name) is not None]
-        if self.opts.resume:
-            if (self.out / RUN_FILE).is_file():
-                self._check_resume()
-        elif held and not self.opts.overwrite:
-            raise UsageError(f"{self.out} already holds a run ({', '.join(held)}); pass --resume to continue it or "
-                             "--overwrite to replace it.")
-
-    def _check_resume(self) -> None:
-        """--resume continues the same training: refuse another task, method, model or adapter shape."""
-        try:
-            stored = _flat(json.loads((self.out / RUN_FILE).read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, AttributeError) as err:
-            raise UsageError(f"{self.out / RUN_FILE} is unreadable ({err}); --overwrite starts the run afresh.") from None
-        new = _flat(json.loads(json.dumps(_jsonable(self.opts))))
-        changed = {k: (stored[k], v) for k, v in new.items() if k in stored and stored[k] != v and k not in RESUME_IGNORED}
-        clashes = [f"{k} {old!r} -> {value!r}" for k, (old, value) in changed.items() if k in RESUME_MUST_MATCH]
-        if clashes:
-            raise UsageError(f"--resume: {self.out} holds a different run ({'; '.join(clashes)}); use the same options, "
-                             "or another --output-dir for a new run.")
-        if changed:
-            logger.warning("--resume with changed options: %s", "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-
     def _load(self) -> None:
         opts = self.opts
         set_seed(opts.seed)
         # An explicit data folder means those files: no silent fallback to the hub (and its retries).
-        splits = self.task.load(data_dir=opts.data_dir, split_rule=opts.split_rule, seed=opts.seed,
-                                use_hub=opts.data_dir is None)
+        splits = self.task.load(
+            data_dir=opts.data_dir, split_rule=opts.split_rule, seed=opts.seed, use_hub=opts.data_dir is None
+        )
         self.train_set = splits["train"]
         if opts.k_shot:
             from dept.tasks import k_shot
 
             self.train_set = k_shot(self.train_set, opts.k_shot, seed=opts.seed)
-        self.val_set = splits["validation"][: opts.eval_samples] if opts.eval_samples is not None else splits["validation"]
+        self.val_set = (
+            splits["validation"][: opts.eval_samples] if opts.eval_samples is not None else splits["validation"]
+        )
         self.test_set = splits["test"][: opts.test_samples] if opts.test_samples is not None else splits["test"]
         for name, split in (("train", self.train_set), ("validation", self.val_set)):
             if not split:
@@ -248,8 +132,14 @@ class Run:
         warmup = opts.warmup_steps if opts.warmup_steps is not None else min(500, opts.max_steps // 10)
         self.scheduler = create_scheduler(self.optimizer, warmup, opts.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        self.state: dict[str, Any] = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "train_seconds": 0.0,
-                                      "zero_shot": None}
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "best": None,
+            "best_step": None,
+            "bad_evals": 0,
+            "train_seconds": 0.0,
+            "zero_shot": None,
+        }
         self.saved_step: Optional[int] = None  # step of the checkpoint on disk (all saves are finite)
 
     def _warn_truncation(self) -> None:
@@ -259,9 +149,16 @@ class Run:
         held_out = self.val_set + self.test_set
         cut_eval = count_truncated(self.tokenizer, held_out, kind, max_length)
         if (cut or cut_eval) and self.accelerator.is_main_process:
-            logger.warning("%s: %d of %d training rows and %d of %d validation/test rows are longer than max_length=%d "
-                           "tokens; their source text is cut to fit (raise --max-length to keep it).", self.opts.task,
-                           cut, len(self.train_set), cut_eval, len(held_out), max_length)
+            logger.warning(
+                "%s: %d of %d training rows and %d of %d validation/test rows are longer than max_length=%d "
+                "tokens; their source text is cut to fit (raise --max-length to keep it).",
+                self.opts.task,
+                cut,
+                len(self.train_set),
+                cut_eval,
+                len(held_out),
+                max_length,
+            )
 
     def close(self) -> None:
         """Release the output folder (also done by the OS if the process dies)."""
@@ -286,8 +183,17 @@ class Run:
         return self.accelerator.unwrap_model(self.model)
 
     def _evaluate(self, examples, model=None) -> dict[str, float]:
-        metrics, _ = evaluate(model or self.unwrapped, self.tokenizer, self.kind, self.task, examples,
-                              self.opts.method.max_length, self.opts.scoring, self.opts.eval_batch_size, self.precision)
+        metrics, _ = evaluate(
+            model or self.unwrapped,
+            self.tokenizer,
+            self.kind,
+            self.task,
+            examples,
+            self.opts.method.max_length,
+            self.opts.scoring,
+            self.opts.eval_batch_size,
+            self.precision,
+        )
         return metrics
 
     def _log(self, record: dict) -> None:
@@ -303,14 +209,16 @@ class Run:
         fix = "lower the learning rates (--lr-prompt/--lr-lowrank/--lr) or use --precision fp32"
         if self.saved_step is None:
             return f"No checkpoint was saved yet: {fix} and rerun with --overwrite."
-        return f"The last finite checkpoint is {self.out / CHECKPOINT} (step {self.saved_step}): {fix} and rerun with --resume."
+        return f"The last finite checkpoint is {self.out / rundir.CHECKPOINT} (step {self.saved_step}): {fix} and rerun with --resume."
 
     def _check_finite(self) -> None:
         """Never save a diverged model: a NaN checkpoint would become best/ and break every --resume."""
         for name, param in self.unwrapped.named_parameters():
             if param.requires_grad and not torch.isfinite(param).all():
-                raise FloatingPointError(f"Parameter {name} is not finite after step {self.state['step']} of "
-                                         f"{self.opts.task}; it was not saved. {self._advice()}")
+                raise FloatingPointError(
+                    f"Parameter {name} is not finite after step {self.state['step']} of "
+                    f"{self.opts.task}; it was not saved. {self._advice()}"
+                )
 
     def _save_checkpoint(self) -> None:
         self._check_finite()
@@ -320,14 +228,20 @@ class Run:
 
         def write(tmp: Path) -> None:
             methods.save(self.opts.method, self.unwrapped, tmp / "model", self.tokenizer)
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                },
+                tmp / "trainer_state.pt",
+            )
             (tmp / "state.json").write_text(json.dumps(self.state))
 
-        _atomic_dir(self.out / CHECKPOINT, write)
+        rundir.atomic_dir(self.out / rundir.CHECKPOINT, write)
 
     def _restore(self) -> bool:
-        path = _restorable(self.out / CHECKPOINT)
+        path = rundir.restorable(self.out / rundir.CHECKPOINT)
         if path is None:
             logger.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
             return False
@@ -359,7 +273,10 @@ class Run:
             score = metrics[self.task.main_metric]
             if self.state["best"] is None or score > self.state["best"]:
                 self.state.update(best=score, best_step=self.state["step"], best_metrics=metrics, bad_evals=0)
-                _atomic_dir(self.out / BEST, lambda tmp: methods.save(self.opts.method, self.unwrapped, tmp, self.tokenizer))
+                rundir.atomic_dir(
+                    self.out / rundir.BEST,
+                    lambda tmp: methods.save(self.opts.method, self.unwrapped, tmp, self.tokenizer),
+                )
             else:
                 self.state["bad_evals"] += 1
             self._log({"step": self.state["step"], **{f"val_{k}": v for k, v in metrics.items()}})
@@ -373,15 +290,6 @@ class Run:
 
         return broadcast_object_list([obj])[0]
 
-    def _clear_output(self) -> None:
-        """--overwrite: remove what the previous run wrote (only a run's own files; the lock stays)."""
-        for name in RUN_FILES:
-            for path in (self.out / name, self.out / f".{name}.tmp", self.out / f".{name}.old"):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-
     # ----- the job -----------------------------------------------------------------------------
     def fit(self) -> dict:
         try:
@@ -393,7 +301,7 @@ class Run:
         opts = self.opts
         self.out.mkdir(parents=True, exist_ok=True)
         if opts.overwrite and self.accelerator.is_main_process:
-            self._clear_output()
+            rundir.clear_output(self.out)
         self.writer = None
         if opts.tensorboard and self.accelerator.is_main_process:
             try:
@@ -402,10 +310,10 @@ class Run:
                 raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
             self.writer = SummaryWriter(self.out / "tensorboard")
         if self.accelerator.is_main_process:
-            (self.out / RUN_FILE).write_text(json.dumps(_jsonable(opts), indent=2))
+            (self.out / rundir.RUN_FILE).write_text(json.dumps(rundir.jsonable(opts), indent=2))
         resumed = opts.resume and self._restore()
         if self.accelerator.is_main_process:
-            _trim_log(self.out / "metrics.jsonl", self.state["step"])
+            rundir.trim_log(self.out / "metrics.jsonl", self.state["step"])
         if opts.zero_shot and not resumed and self.accelerator.is_main_process:
             # Before any step: LoRA and full fine-tuning change the backbone in place.
             zero_shot = {"validation": self._evaluate(self.val_set, model=self.backbone)}
@@ -414,16 +322,22 @@ class Run:
             self.state["zero_shot"] = zero_shot
             logger.info("zero-shot %s", zero_shot["validation"])
         device = self.accelerator.device
-        bar = tqdm(total=opts.max_steps, initial=self.state["step"], desc=f"{opts.method.method} {opts.task}",
-                   disable=not self.accelerator.is_main_process)
+        bar = tqdm(
+            total=opts.max_steps,
+            initial=self.state["step"],
+            desc=f"{opts.method.method} {opts.task}",
+            disable=not self.accelerator.is_main_process,
+        )
         self.model.train()
         n = len(self.encoded)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         stop = False
         while self.state["step"] < opts.max_steps and not stop:
             started = time.perf_counter()
-            batches = [self._batch(batch_rows(self.state["step"], micro, opts, n, rank, world))
-                       for micro in range(opts.grad_accum)]
+            batches = [
+                self._batch(batch_rows(self.state["step"], micro, opts, n, rank, world))
+                for micro in range(opts.grad_accum)
+            ]
             # Sum over every target of the global batch, divided by their global count: the same
             # gradient for any number of processes and micro-batches (DDP averages, hence * world).
             counts = torch.tensor([float(label_count(b, self.kind)) for b in batches], device=device)
@@ -435,8 +349,9 @@ class Run:
                     with autocast(device, self.precision):
                         loss = lm_loss(self.model, batch, self.kind, reduction="sum")
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"Loss is {loss.item()} at step {self.state['step']} of {opts.task}. "
-                                                 f"{self._advice()}")
+                        raise FloatingPointError(
+                            f"Loss is {loss.item()} at step {self.state['step']} of {opts.task}. {self._advice()}"
+                        )
                     self.accelerator.backward(loss * world / max(total, 1.0))
                 loss_sum += loss.item()
             samples = opts.batch_size * opts.grad_accum
@@ -452,8 +367,9 @@ class Run:
             step = self.state["step"]
             lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
             bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", **{k: f"{v:.2e}" for k, v in lrs.items()},
-                            sps=f"{samples / elapsed:.1f}")
+            bar.set_postfix(
+                loss=f"{mean_loss:.4f}", **{k: f"{v:.2e}" for k, v in lrs.items()}, sps=f"{samples / elapsed:.1f}"
+            )
             if step % opts.log_every == 0 or step == 1:
                 self._log({"step": step, "loss": mean_loss, **lrs, "samples_per_s": samples / elapsed})
             eval_now = step % opts.eval_every == 0 or step == opts.max_steps
@@ -473,15 +389,22 @@ class Run:
     def _finish(self, device) -> dict:
         results: dict[str, Any] = {}
         if self.accelerator.is_main_process:
-            best = _restorable(self.out / BEST)
+            best = rundir.restorable(self.out / rundir.BEST)
             if best is not None:
                 methods.load_weights(self.opts.method, self.unwrapped, best)
             results = {
-                "task": self.opts.task, "method": self.opts.method.method, "model": self.opts.model,
-                "steps": self.state["step"], "trainable_parameters": methods.num_trainable(self.unwrapped),
-                "train_seconds": round(self.state["train_seconds"], 2), "peak_memory_mb": round(peak_memory_mb(device), 1),
-                "main_metric": self.task.main_metric, "best_validation": self.state["best"],
-                "best_step": self.state["best_step"], "precision": self.precision, "scoring": self.opts.scoring,
+                "task": self.opts.task,
+                "method": self.opts.method.method,
+                "model": self.opts.model,
+                "steps": self.state["step"],
+                "trainable_parameters": methods.num_trainable(self.unwrapped),
+                "train_seconds": round(self.state["train_seconds"], 2),
+                "peak_memory_mb": round(peak_memory_mb(device), 1),
+                "main_metric": self.task.main_metric,
+                "best_validation": self.state["best"],
+                "best_step": self.state["best_step"],
+                "precision": self.precision,
+                "scoring": self.opts.scoring,
                 "processes": self.accelerator.num_processes,
             }
             zero_shot = self.state.get("zero_shot") or {}
@@ -498,10 +421,6 @@ class Run:
             training_curve(self.out / "metrics.jsonl", self.out / "training_curve.png", self.task.main_metric)
         self.accelerator.wait_for_everyone()
         return results
-
-
-def _jsonable(obj) -> Any:
-    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj
 
 
 def train(opts: TrainOptions) -> dict:

@@ -12,12 +12,12 @@ Modules: ``registry`` (Example, Task, get_task), ``sources`` (local files, STS-B
 (text formatting), ``splits`` (paper/official rules), ``metrics``, ``fewshot`` (k_shot).
 """
 
-from dept.tasks.registry import Example, Task, get_task, list_tasks, register_task
-from dept.tasks.sources import ENV_DATA_DIR, DataNotFoundError
-from dept.tasks.fewshot import k_shot
-from dept.tasks.templates import stsb_target
 from dept.tasks import glue as _glue  # noqa: F401  (registers the GLUE tasks)
 from dept.tasks import superglue as _superglue  # noqa: F401  (registers the SuperGLUE tasks)
+from dept.tasks.fewshot import k_shot
+from dept.tasks.registry import Example, Task, get_task, list_tasks, register_task
+from dept.tasks.sources import ENV_DATA_DIR, DataNotFoundError
+from dept.tasks.templates import stsb_target
 
 __all__ = [
     "Example",

@@ -115,8 +115,10 @@ def custom_task(
     elif path.is_file():
         files = {"all": path}
     else:
-        raise FileNotFoundError(f"custom task {spec!r}: {path} does not exist (give a file or a directory of "
-                                f"train/validation[/test]{_EXTS[fmt]} files)")
+        raise FileNotFoundError(
+            f"custom task {spec!r}: {path} does not exist (give a file or a directory of "
+            f"train/validation[/test]{_EXTS[fmt]} files)"
+        )
 
     raw: dict[str, list[tuple[int, dict[str, Any]]]] = {s: _read_rows(p, fmt) for s, p in files.items()}
     fields = list(text_fields) if text_fields else None
@@ -183,4 +185,3 @@ def custom_task(
         description=f"custom task from {spec}",
     )
     return task
-

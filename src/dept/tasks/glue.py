@@ -96,7 +96,9 @@ def glue_task(
     sources = [local_source("glue", dir_name, files, parser)]
     if config == "stsb":
         sources.append(stsb_package_source())
-    sources.append(hub_source(HUB_GLUE, config, hub_splits, _hub_converter(fields, None if regression else len(label_values))))
+    sources.append(
+        hub_source(HUB_GLUE, config, hub_splits, _hub_converter(fields, None if regression else len(label_values)))
+    )
     task = Task(
         name=f"glue/{config}",
         label_words=None if regression else list(label_words),
@@ -113,40 +115,105 @@ def glue_task(
 
 
 COLA = glue_task(
-    "cola", "CoLA", {"sentence": 3}, 1, ["0", "1"], ["unacceptable", "acceptable"], "matthews", "small",
-    header=False, ncols=4, description="Corpus of Linguistic Acceptability (grammaticality).",
+    "cola",
+    "CoLA",
+    {"sentence": 3},
+    1,
+    ["0", "1"],
+    ["unacceptable", "acceptable"],
+    "matthews",
+    "small",
+    header=False,
+    ncols=4,
+    description="Corpus of Linguistic Acceptability (grammaticality).",
 )
 SST2 = glue_task(
-    "sst2", "SST-2", {"sentence": "sentence"}, "label", ["0", "1"], ["negative", "positive"], "accuracy", "large",
-    aliases=["sst-2", "glue/sst-2"], description="Stanford Sentiment Treebank, binary sentiment.",
+    "sst2",
+    "SST-2",
+    {"sentence": "sentence"},
+    "label",
+    ["0", "1"],
+    ["negative", "positive"],
+    "accuracy",
+    "large",
+    aliases=["sst-2", "glue/sst-2"],
+    description="Stanford Sentiment Treebank, binary sentiment.",
 )
 MRPC = glue_task(
-    "mrpc", "MRPC", {"sentence1": "#1 String", "sentence2": "#2 String"}, "Quality", ["0", "1"],
-    ["not_equivalent", "equivalent"], "accuracy_f1", "small", description="Microsoft Research Paraphrase Corpus.",
+    "mrpc",
+    "MRPC",
+    {"sentence1": "#1 String", "sentence2": "#2 String"},
+    "Quality",
+    ["0", "1"],
+    ["not_equivalent", "equivalent"],
+    "accuracy_f1",
+    "small",
+    description="Microsoft Research Paraphrase Corpus.",
 )
 QQP = glue_task(
-    "qqp", "QQP", {"question1": "question1", "question2": "question2"}, "is_duplicate", ["0", "1"],
-    ["not_duplicate", "duplicate"], "accuracy_f1", "large", description="Quora Question Pairs.",
+    "qqp",
+    "QQP",
+    {"question1": "question1", "question2": "question2"},
+    "is_duplicate",
+    ["0", "1"],
+    ["not_duplicate", "duplicate"],
+    "accuracy_f1",
+    "large",
+    description="Quora Question Pairs.",
 )
 STSB = glue_task(
-    "stsb", "STS-B", {"sentence1": "sentence1", "sentence2": "sentence2"}, "score", None, None, "correlation",
-    "small", aliases=["sts-b", "glue/sts-b"],
+    "stsb",
+    "STS-B",
+    {"sentence1": "sentence1", "sentence2": "sentence2"},
+    "score",
+    None,
+    None,
+    "correlation",
+    "small",
+    aliases=["sts-b", "glue/sts-b"],
     description="Semantic Textual Similarity Benchmark (regression 0-5; target rounded to 0.2).",
 )
 MNLI = glue_task(
-    "mnli", "MNLI", {"premise": "sentence1", "hypothesis": "sentence2"}, "gold_label",
-    ["entailment", "neutral", "contradiction"], ["entailment", "neutral", "contradiction"], "accuracy", "mnli",
+    "mnli",
+    "MNLI",
+    {"premise": "sentence1", "hypothesis": "sentence2"},
+    "gold_label",
+    ["entailment", "neutral", "contradiction"],
+    ["entailment", "neutral", "contradiction"],
+    "accuracy",
+    "mnli",
     description="MultiNLI (validation = dev mismatched, test = dev matched).",
 )
 QNLI = glue_task(
-    "qnli", "QNLI", {"question": "question", "sentence": "sentence"}, "label", ["entailment", "not_entailment"],
-    ["entailment", "not_entailment"], "accuracy", "large", description="Question NLI (from SQuAD).",
+    "qnli",
+    "QNLI",
+    {"question": "question", "sentence": "sentence"},
+    "label",
+    ["entailment", "not_entailment"],
+    ["entailment", "not_entailment"],
+    "accuracy",
+    "large",
+    description="Question NLI (from SQuAD).",
 )
 RTE = glue_task(
-    "rte", "RTE", {"sentence1": "sentence1", "sentence2": "sentence2"}, "label", ["entailment", "not_entailment"],
-    ["entailment", "not_entailment"], "accuracy", "small", description="Recognizing Textual Entailment.",
+    "rte",
+    "RTE",
+    {"sentence1": "sentence1", "sentence2": "sentence2"},
+    "label",
+    ["entailment", "not_entailment"],
+    ["entailment", "not_entailment"],
+    "accuracy",
+    "small",
+    description="Recognizing Textual Entailment.",
 )
 WNLI = glue_task(
-    "wnli", "WNLI", {"sentence1": "sentence1", "sentence2": "sentence2"}, "label", ["0", "1"],
-    ["not_entailment", "entailment"], "accuracy", "small", description="Winograd NLI.",
+    "wnli",
+    "WNLI",
+    {"sentence1": "sentence1", "sentence2": "sentence2"},
+    "label",
+    ["0", "1"],
+    ["not_entailment", "entailment"],
+    "accuracy",
+    "small",
+    description="Winograd NLI.",
 )

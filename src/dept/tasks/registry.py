@@ -220,7 +220,12 @@ class Task:
         return self.apply_split_rule(off, split_rule, seed, shuffle=shuffle)
 
     def apply_split_rule(
-        self, official: Mapping[str, list[Example]], split_rule: str = "paper", seed: int = 42, *, shuffle: str = "python"
+        self,
+        official: Mapping[str, list[Example]],
+        split_rule: str = "paper",
+        seed: int = 42,
+        *,
+        shuffle: str = "python",
     ) -> dict[str, list[Example]]:
         """Apply a split rule to official splits (``train`` + ``validation``; MNLI: matched /
         mismatched; custom tasks may carry ``test``, or a single ``all`` split cut 80/10/10)."""
@@ -231,8 +236,12 @@ class Task:
             if split_rule == "paper":
                 out = {"train": official["train"], "validation": mismatched, "test": matched}
             else:
-                out = {"train": official["train"], "validation": matched, "test": matched,
-                       "validation_mismatched": mismatched}
+                out = {
+                    "train": official["train"],
+                    "validation": matched,
+                    "test": matched,
+                    "validation_mismatched": mismatched,
+                }
         elif "all" in official:  # custom task from a single file: 80 / 10 / 10 under both rules
             items = official["all"]
             perm = permutation(len(items), seed, shuffle)
@@ -244,8 +253,11 @@ class Task:
                 "test": [items[i] for i in perm[n_train + n_val :]],
             }
         elif split_rule == "official":
-            out = {"train": official["train"], "validation": official["validation"],
-                   "test": official.get("test", official["validation"])}
+            out = {
+                "train": official["train"],
+                "validation": official["validation"],
+                "test": official.get("test", official["validation"]),
+            }
         elif kind == "large":
             train, val = hold_out(official["train"], LARGE_VALIDATION_SIZE, seed, shuffle=shuffle)
             out = {"train": train, "validation": val, "test": official["validation"]}

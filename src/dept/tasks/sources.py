@@ -30,11 +30,11 @@ import json
 import logging
 import os
 import socket
-from urllib.parse import urlparse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 logger = logging.getLogger(__name__)
 
@@ -184,9 +184,7 @@ def read_tsv(
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != width:
-                raise ValueError(
-                    f"{path}:{line}: expected {width} tab-separated columns, got {len(row)}"
-                )
+                raise ValueError(f"{path}:{line}: expected {width} tab-separated columns, got {len(row)}")
             raw = row[pos[label_col]].strip()
             try:
                 value = label_parse(raw)
@@ -338,9 +336,7 @@ def hub_unreachable() -> str | None:
     return None
 
 
-def hub_source(
-    path: str, config: str, splits: Mapping[str, str], convert: Callable[[dict], list[Record]]
-) -> Source:
+def hub_source(path: str, config: str, splits: Mapping[str, str], convert: Callable[[dict], list[Record]]) -> Source:
     """``datasets.load_dataset(path, config)``; ``splits`` maps our split names to the hub's."""
 
     def read(data_dir: str | os.PathLike | None) -> Splits:
@@ -348,11 +344,14 @@ def hub_source(
         try:
             import datasets
         except ImportError:
-            raise SourceUnavailable([f"{where}: the 'datasets' package is not installed (pip install \"dept[tasks]\")"]) from None
+            raise SourceUnavailable(
+                [f"{where}: the 'datasets' package is not installed (pip install \"dept[tasks]\")"]
+            ) from None
         host = hub_unreachable()
         if host:
-            raise SourceUnavailable([f"{where} failed: {host} cannot be reached (no network; with a datasets cache, "
-                                     "set HF_HUB_OFFLINE=1)"])
+            raise SourceUnavailable(
+                [f"{where} failed: {host} cannot be reached (no network; with a datasets cache, set HF_HUB_OFFLINE=1)"]
+            )
         try:
             dd = datasets.load_dataset(path, config)
         except Exception as err:  # offline, not cached, renamed dataset, ...
@@ -367,7 +366,9 @@ def hub_source(
                 try:
                     rows.extend(convert(row))
                 except KeyError as err:
-                    raise ValueError(f"{path}/{config} split {theirs!r} row {i}: missing column {err.args[0]!r}") from None
+                    raise ValueError(
+                        f"{path}/{config} split {theirs!r} row {i}: missing column {err.args[0]!r}"
+                    ) from None
                 except (ValueError, TypeError) as err:
                     raise ValueError(f"{path}/{config} split {theirs!r} row {i}: {err}") from None
             if not rows:

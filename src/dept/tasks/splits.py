@@ -83,13 +83,9 @@ def split_half(
     return first, second
 
 
-def hold_out(
-    items: Sequence[T], n_out: int, seed: int, *, shuffle: str = "python"
-) -> tuple[list[T], list[T]]:
+def hold_out(items: Sequence[T], n_out: int, seed: int, *, shuffle: str = "python") -> tuple[list[T], list[T]]:
     """Shuffle ``items``; return ``(rest, held_out)`` with ``len(held_out) == n_out``."""
     if len(items) <= n_out:
-        raise ValueError(
-            f"cannot hold out {n_out} validation examples from a training set of {len(items)}"
-        )
+        raise ValueError(f"cannot hold out {n_out} validation examples from a training set of {len(items)}")
     perm = permutation(len(items), seed, shuffle)
     return [items[i] for i in perm[n_out:]], [items[i] for i in perm[:n_out]]

@@ -50,7 +50,9 @@ def _hub_label(num_labels: int) -> Callable[[Any], int]:
     return parse
 
 
-def _flat_converter(fields: Sequence[str], parse_label: Callable[[Any], int], extra: Sequence[str] = ()) -> Callable[[dict], list[Record]]:
+def _flat_converter(
+    fields: Sequence[str], parse_label: Callable[[Any], int], extra: Sequence[str] = ()
+) -> Callable[[dict], list[Record]]:
     """Object with ``fields`` + ``label`` + ``idx`` -> one record."""
 
     def convert(obj: dict) -> list[Record]:
@@ -64,7 +66,9 @@ def _flat_converter(fields: Sequence[str], parse_label: Callable[[Any], int], ex
     return convert
 
 
-def _simple_format(fields: Sequence[str], meta_fields: Sequence[str] = ()) -> Callable[[Mapping[str, Any]], tuple[str, dict]]:
+def _simple_format(
+    fields: Sequence[str], meta_fields: Sequence[str] = ()
+) -> Callable[[Mapping[str, Any]], tuple[str, dict]]:
     def fmt(rec: Mapping[str, Any]) -> tuple[str, dict]:
         return fields_source(rec, fields), {m: rec[m] for m in meta_fields}
 
@@ -106,28 +110,40 @@ def superglue_task(
 # --- BoolQ, CB, RTE, WiC: flat records -------------------------------------------------------------
 
 BOOLQ = superglue_task(
-    "boolq", "BoolQ", ["false", "true"], "accuracy",
+    "boolq",
+    "BoolQ",
+    ["false", "true"],
+    "accuracy",
     _simple_format(["question", "passage"]),
     _flat_converter(["question", "passage"], bool_label),
     _flat_converter(["question", "passage"], _hub_label(2)),
     description="Boolean questions about a Wikipedia passage.",
 )
 CB = superglue_task(
-    "cb", "CB", ["entailment", "contradiction", "neutral"], "accuracy_macro_f1",
+    "cb",
+    "CB",
+    ["entailment", "contradiction", "neutral"],
+    "accuracy_macro_f1",
     _simple_format(["premise", "hypothesis"]),
     _flat_converter(["premise", "hypothesis"], label_index(["entailment", "contradiction", "neutral"])),
     _flat_converter(["premise", "hypothesis"], _hub_label(3)),
     description="CommitmentBank, 3-way entailment.",
 )
 RTE = superglue_task(
-    "rte", "RTE", ["entailment", "not_entailment"], "accuracy",
+    "rte",
+    "RTE",
+    ["entailment", "not_entailment"],
+    "accuracy",
     _simple_format(["premise", "hypothesis"]),
     _flat_converter(["premise", "hypothesis"], label_index(["entailment", "not_entailment"])),
     _flat_converter(["premise", "hypothesis"], _hub_label(2)),
     description="Recognizing Textual Entailment (SuperGLUE copy of GLUE RTE).",
 )
 WIC = superglue_task(
-    "wic", "WiC", ["false", "true"], "accuracy",
+    "wic",
+    "WiC",
+    ["false", "true"],
+    "accuracy",
     _simple_format(["sentence1", "sentence2", "word"], meta_fields=["word"]),
     _flat_converter(["sentence1", "sentence2", "word"], bool_label),
     _flat_converter(["sentence1", "sentence2", "word"], _hub_label(2)),
@@ -157,7 +173,10 @@ def _copa_converter(parse_label: Callable[[Any], int]) -> Callable[[dict], list[
 
 
 COPA = superglue_task(
-    "copa", "COPA", ["choice1", "choice2"], "accuracy",
+    "copa",
+    "COPA",
+    ["choice1", "choice2"],
+    "accuracy",
     _simple_format(["premise", "question", "choice1", "choice2"], meta_fields=["question"]),
     _copa_converter(label_index([0, 1])),
     _copa_converter(_hub_label(2)),
@@ -170,8 +189,14 @@ COPA = superglue_task(
 
 def _multirc_record(paragraph: str, question: str, answer: str, label: int, p_id: Any, q_id: Any, a_id: Any) -> Record:
     return {
-        "paragraph": paragraph, "question": question, "answer": answer, "label": label, "idx": a_id,
-        "paragraph_id": p_id, "question_id": q_id, "answer_id": a_id,
+        "paragraph": paragraph,
+        "question": question,
+        "answer": answer,
+        "label": label,
+        "idx": a_id,
+        "paragraph_id": p_id,
+        "question_id": q_id,
+        "answer_id": a_id,
     }
 
 
@@ -185,29 +210,56 @@ def _multirc_local(obj: dict) -> list[Record]:
     out = []
     for q in passage["questions"]:
         for a in q["answers"]:
-            out.append(_multirc_record(text, str(q["question"]), str(a["text"]), _parse_multirc_label(a["label"]),
-                                       obj["idx"], q["idx"], a["idx"]))
+            out.append(
+                _multirc_record(
+                    text,
+                    str(q["question"]),
+                    str(a["text"]),
+                    _parse_multirc_label(a["label"]),
+                    obj["idx"],
+                    q["idx"],
+                    a["idx"],
+                )
+            )
     return out
 
 
 def _multirc_hub(row: dict) -> list[Record]:
     idx = row["idx"]
-    return [_multirc_record(str(row["paragraph"]), str(row["question"]), str(row["answer"]), _hub_label(2)(row["label"]),
-                            idx["paragraph"], idx["question"], idx["answer"])]
+    return [
+        _multirc_record(
+            str(row["paragraph"]),
+            str(row["question"]),
+            str(row["answer"]),
+            _hub_label(2)(row["label"]),
+            idx["paragraph"],
+            idx["question"],
+            idx["answer"],
+        )
+    ]
 
 
 def _multirc_format(rec: Mapping[str, Any]) -> tuple[str, dict]:
     clean = {k: remove_markup(rec[k]) for k in ("question", "answer", "paragraph")}
     meta = {
-        "paragraph_id": rec["paragraph_id"], "question_id": rec["question_id"], "answer_id": rec["answer_id"],
+        "paragraph_id": rec["paragraph_id"],
+        "question_id": rec["question_id"],
+        "answer_id": rec["answer_id"],
         "group": f"{rec['paragraph_id']}/{rec['question_id']}",
     }
     return fields_source(clean, ["question", "answer", "paragraph"]), meta
 
 
 MULTIRC = superglue_task(
-    "multirc", "MultiRC", ["false", "true"], "multirc", _multirc_format, _multirc_local, _multirc_hub,
-    group_key="group", description="Multi-sentence reading comprehension; one example per answer option.",
+    "multirc",
+    "MultiRC",
+    ["false", "true"],
+    "multirc",
+    _multirc_format,
+    _multirc_local,
+    _multirc_hub,
+    group_key="group",
+    description="Multi-sentence reading comprehension; one example per answer option.",
 )
 
 
@@ -239,8 +291,14 @@ def _wsc_format(rec: Mapping[str, Any]) -> tuple[str, dict]:
 
 
 WSC = superglue_task(
-    "wsc", "WSC", ["false", "true"], "accuracy", _wsc_format,
-    _wsc_converter(bool_label, nested=True), _wsc_converter(_hub_label(2), nested=False),
-    hub_config="wsc.fixed", aliases=["superglue-wsc.fixed", "superglue/wsc.fixed"],
+    "wsc",
+    "WSC",
+    ["false", "true"],
+    "accuracy",
+    _wsc_format,
+    _wsc_converter(bool_label, nested=True),
+    _wsc_converter(_hub_label(2), nested=False),
+    hub_config="wsc.fixed",
+    aliases=["superglue-wsc.fixed", "superglue/wsc.fixed"],
     description="Winograd Schema Challenge: does the pronoun (span 2) refer to the noun phrase (span 1)?",
 )
