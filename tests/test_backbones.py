@@ -205,13 +205,13 @@ def test_auto_detects_sequence_classification(tmp_path: Path):
         assert model(**batch).logits.shape == (2, 3)
 
 
-def test_explicit_task_overrides_detection(llama_dir: Path):
-    model, _ = load_backbone(str(llama_dir), task="classification", num_labels=4)
+def test_explicit_kind_overrides_detection(llama_dir: Path):
+    model, _ = load_backbone(str(llama_dir), kind="classification", num_labels=4)
     assert isinstance(model, LlamaForSequenceClassification) and model.config.num_labels == 4
-    model, _ = load_backbone(str(llama_dir), task="causal")
+    model, _ = load_backbone(str(llama_dir), kind="causal")
     assert isinstance(model, LlamaForCausalLM)
-    with pytest.raises(ValueError, match="task must be one of"):
-        load_backbone(str(llama_dir), task="encoder")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        load_backbone(str(llama_dir), kind="encoder")
 
 
 def test_kind_from_config_rules():

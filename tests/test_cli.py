@@ -119,46 +119,39 @@ def test_train_prints_a_summary(trained):
 def test_eval_reads_the_backbone_from_the_run(trained):
     result = runner.invoke(
         app,
-        [
-            "eval",
-            "--adapter",
-            str(trained / "run" / "best"),
-            "--task",
-            f"csv:{trained / 'task.csv'}",
-            "--split",
-            "validation",
-            "--precision",
-            "fp32",
-        ],
-    )
+        ["eval", "--adapter", str(trained / "run" / "best"), "--task", f"csv:{trained / 'task.csv'}", "--split",
+         "validation", "--precision", "fp32"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
-    assert metrics["split"] == "validation" and 0 <= metrics["accuracy"] <= 100
+    # The same adapter on the same validation split (the run's seed and split rule) as the trainer scored it.
+    trained_on = json.loads((trained / "run" / "results.json").read_text())["validation"]
+    assert metrics["split"] == "validation" and metrics["examples"] > 0
+    assert metrics["accuracy"] == pytest.approx(trained_on["accuracy"], abs=1e-9)
 
 
 def test_predict_ranks_or_generates(trained, tmp_path):
+    from dept.scoring import candidates_for, generate_texts, rank_scores
+    from dept.tasks import get_task
+    from dept.trained import Trained
+
+    sources = ["text: sample 3 is fine", "text: sample 4 is poor", "plain text line"]
     inp = tmp_path / "in.jsonl"
-    inp.write_text('{"source": "text: sample 3 is fine"}\nplain text line\n')
-    out = tmp_path / "out.jsonl"
-    result = runner.invoke(
-        app,
-        [
-            "predict",
-            "--adapter",
-            str(trained / "run" / "best"),
-            "--input",
-            str(inp),
-            "--output",
-            str(out),
-            "--max-new-tokens",
-            "3",
-            "--precision",
-            "fp32",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 2 and all(isinstance(r["prediction"], str) for r in rows)
+    inp.write_text(f'{{"source": "{sources[0]}"}}\n{{"text": "{sources[1]}"}}\n{sources[2]}\n')
+    adapter, task = trained / "run" / "best", f"csv:{trained / 'task.csv'}"
+    common = ["predict", "--adapter", str(adapter), "--input", str(inp), "--max-new-tokens", "3", "--precision", "fp32"]
+    ranked = runner.invoke(app, [*common, "--output", str(tmp_path / "ranked.jsonl"), "--task", task])
+    generated = runner.invoke(app, [*common, "--output", str(tmp_path / "generated.jsonl")])
+    assert ranked.exit_code == 0 and generated.exit_code == 0, (ranked.output, generated.output)
+    # Each equals the library computed directly on the same adapter.
+    model, tok = Trained(adapter, None).load()
+    candidates, _ = candidates_for(get_task(task, text_fields=["text"], label_field="label"))
+    expected = [candidates[int(i)] for i in rank_scores(model, tok, "causal", sources, candidates, 32).argmax(-1)]
+    rows = [json.loads(line) for line in (tmp_path / "ranked.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows] == sources and [r["prediction"] for r in rows] == expected
+    texts = generate_texts(model, tok, "causal", sources, 32, max_new_tokens=3)
+    rows = [json.loads(line) for line in (tmp_path / "generated.jsonl").read_text().splitlines()]
+    assert [r["prediction"] for r in rows] == texts
 
 
 def test_unknown_task_is_a_clear_error(trained):

@@ -31,10 +31,10 @@ from dept.offline import BACKBONES, converted_backbone_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TASKS", "load_backbone"]
+__all__ = ["BACKBONE_KINDS", "load_backbone"]
 
-#: Values accepted for ``load_backbone(task=...)``.
-TASKS = ("auto", *KINDS)
+#: Values accepted for ``load_backbone(kind=...)``.
+BACKBONE_KINDS = ("auto", *KINDS)
 
 _AUTO_CLASSES = {
     "causal": AutoModelForCausalLM,
@@ -46,7 +46,7 @@ _AUTO_CLASSES = {
 def load_backbone(
     name_or_path: str | os.PathLike[str],
     *,
-    task: str = "auto",
+    kind: str = "auto",
     dtype: torch.dtype | str = torch.float32,
     cache_dir: str | os.PathLike[str] | None = None,
     trust_remote_code: bool = False,
@@ -55,8 +55,8 @@ def load_backbone(
     """Load a backbone model and its tokenizer.
 
     ``name_or_path`` is a registry name (``BACKBONES``: ``"smollm2-135m"``,
-    ``"gemma3-270m"``), a local directory, or a hub id.  ``task`` is one of
-    ``TASKS``; ``"auto"`` picks from the config (``dept.kinds.kind_from_config``).
+    ``"gemma3-270m"``), a local directory, or a hub id.  ``kind`` is one of
+    ``BACKBONE_KINDS``; ``"auto"`` picks from the config (``dept.kinds.kind_from_config``).
     ``cache_dir`` is where converted GGUF backbones are kept (default:
     ``$DEPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/dept``, else ``~/.cache/dept``);
     it is not passed to the hub.  Extra ``kwargs`` go to the model's
@@ -64,8 +64,8 @@ def load_backbone(
 
     Returns ``(model, tokenizer)``: model in eval mode, in ``dtype``, not frozen.
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if kind not in BACKBONE_KINDS:
+        raise ValueError(f"kind must be one of {BACKBONE_KINDS}, got {kind!r}")
     torch_dtype = _resolve_dtype(dtype)
     name_or_path = os.fspath(name_or_path)
 
@@ -75,7 +75,7 @@ def load_backbone(
     else:
         source = _resolve_source(name_or_path, trust_remote_code=trust_remote_code)
 
-    return _load_pretrained(source, task=task, dtype=torch_dtype, trust_remote_code=trust_remote_code, **kwargs)
+    return _load_pretrained(source, kind=kind, dtype=torch_dtype, trust_remote_code=trust_remote_code, **kwargs)
 
 
 # --------------------------------------------------------------------------- paths and hub ids
@@ -136,18 +136,18 @@ def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def _load_pretrained(
-    source: str, *, task: str, dtype: torch.dtype, trust_remote_code: bool, **kwargs: Any
+    source: str, *, kind: str, dtype: torch.dtype, trust_remote_code: bool, **kwargs: Any
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    if task == "auto":
-        task = kind_from_config(config)
-    logger.info("Loading %s as a %s model (%s)", source, task, dtype)
-    auto_cls = _AUTO_CLASSES[task]
+    if kind == "auto":
+        kind = kind_from_config(config)
+    logger.info("Loading %s as a %s model (%s)", source, kind, dtype)
+    auto_cls = _AUTO_CLASSES[kind]
     try:
         model = auto_cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
     except ValueError as err:
         raise ValueError(
-            f"Cannot load {source!r} ({type(config).__name__}) as a {task} model with {auto_cls.__name__}: {err}"
+            f"Cannot load {source!r} ({type(config).__name__}) as a {kind} model with {auto_cls.__name__}: {err}"
         ) from err
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     _fix_padding(model, tokenizer)

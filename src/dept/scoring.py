@@ -7,7 +7,6 @@ so single-token labels cost one forward per example and STS-B's 26 scores cost s
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -17,9 +16,6 @@ import torch
 from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
 from dept.loss import keep_positions, takes_source_mask
 from dept.precision import autocast
-
-logger = logging.getLogger(__name__)
-
 
 @dataclass
 class _Row:
