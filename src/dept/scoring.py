@@ -17,6 +17,7 @@ from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
 from dept.loss import keep_positions, takes_source_mask
 from dept.precision import autocast
 
+
 @dataclass
 class _Row:
     example: int
