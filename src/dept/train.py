@@ -199,7 +199,7 @@ class Run:
             try:
                 self.lock = FolderLock(self.out)
                 self._check_output()
-            except UsageError as err:
+            except Exception as err:  # every process stops, not only the main one
                 refusal = err
         refusal = self._broadcast(refusal)
         if refusal is not None:
