@@ -95,7 +95,7 @@ class Run:
             try:
                 self.lock = rundir.FolderLock(self.out)
                 rundir.check_output(self.out, self.opts)
-            except UsageError as err:
+            except Exception as err:  # every process stops, not only the main one
                 refusal = err
         refusal = self._broadcast(refusal)
         if refusal is not None:
