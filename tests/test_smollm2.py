@@ -8,6 +8,7 @@ import torch
 from dept import DePTConfig, DePTModel, load_backbone
 from dept.data import encode, pad_batch
 from dept.optim import create_optimizer, create_scheduler
+from dept.precision import autocast, resolve_precision
 from dept.scoring import lm_loss
 
 pytestmark = [
@@ -33,7 +34,7 @@ def test_smollm2_dept_trains_and_generates():
     dm.train()
     losses = []
     for _ in range(30):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast("cpu", resolve_precision("auto", "cpu")):  # bf16 only where the CPU has native bf16
             loss = lm_loss(dm, batch, "causal")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dm.trainable_parameters(), 1.0)
