@@ -45,6 +45,17 @@ def test_causal_loss_offsets_the_source_only():
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_an_answer_past_max_length_gets_no_offset_and_no_error():
+    dm = DePTModel(tiny_llama(), DePTConfig(prompt_length=3, rank=2, max_length=4, prompt_init="vocab"))
+    randomize_update(dm)
+    source, target = [5, 6, 7], [9, 10, 11, 12, 1]
+    ids, labels = torch.tensor([source + target]), torch.tensor([[-100] * 3 + target])
+    loss = dm(input_ids=ids, labels=labels).loss
+    logits = dm.base_model(inputs_embeds=manual_embeds(dm, ids, len(source))).logits
+    expected = F.cross_entropy(logits[0, 3 + 2 : 3 + 2 + len(target)], torch.tensor(target))
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_generate_steps_equal_teacher_forcing_with_source_only_offsets():
     dm = DePTModel(tiny_llama(), CFG)
     randomize_update(dm)

@@ -211,7 +211,9 @@ class DePTModel(nn.Module):
         self._refuse_filled_cache(kwargs)
         if self.kind == "causal" and source_mask is None and labels is not None:
             source_mask = labels == -100
-            if not (source_mask if attention_mask is None else source_mask & attention_mask.bool()).any():
+            has_update = any(adapter.config.rank for adapter in self.adapters.values())
+            real = source_mask if attention_mask is None else source_mask & attention_mask.bool()
+            if has_update and not real.any():
                 warnings.warn(
                     "No input token is labelled -100, so no token is source and the low-rank update gets "
                     "no gradient; label the input -100 or pass source_mask.",

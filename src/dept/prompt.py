@@ -113,7 +113,9 @@ def prepend_prompts(
         prompt_mask[rows, slots - m :] = 1
         if adapter.config.rank and len(rows):
             _check_length(adapter, positions[rows], offset_mask[rows])
-            offsets = offsets.index_add(0, rows, adapter.offsets(positions[rows]).to(offsets.dtype))
+            # Tokens past s (a causal answer after a long source) get no offset: clamp only to look up.
+            reachable = positions[rows].clamp(max=adapter.config.max_length - 1)
+            offsets = offsets.index_add(0, rows, adapter.offsets(reachable).to(offsets.dtype))
     inputs_embeds = inputs_embeds + offsets * offset_mask.unsqueeze(-1).to(offsets.dtype)
 
     full_embeds = torch.cat([prompt, inputs_embeds], dim=1)
