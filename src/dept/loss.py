@@ -62,16 +62,17 @@ def lm_loss(model, batch: dict, kind: str, reduction: str = "mean") -> torch.Ten
             logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction=reduction
         )
     keep = logits_needed(labels)
-    call = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    if takes_source_mask(model):
-        call.update(source_mask=labels == -100, logits_to_keep=keep)  # it counts slots of its own layout
-    else:
-        call["logits_to_keep"] = keep_positions(keep, labels.shape[1], labels.device)
-    logits = model(**call).logits[:, -keep:]
+    logits = last_logits(model, batch["input_ids"], batch["attention_mask"], labels, keep)
     return causal_loss(logits, labels[:, labels.shape[1] - keep :], reduction)
 
 
-def takes_source_mask(model) -> bool:
-    """A DePT model (possibly wrapped by DDP), which places offsets on the source tokens only."""
+def last_logits(model, input_ids, attention_mask, labels, keep: int) -> torch.Tensor:
+    """The last `keep` logits of left-padded causal rows, from any model. A DePT model (possibly
+    wrapped by DDP) also learns which tokens are the source (label -100): only those get offsets."""
+    call = dict(input_ids=input_ids, attention_mask=attention_mask)
     inner = getattr(model, "module", model)
-    return "source_mask" in inspect.signature(inner.forward).parameters
+    if "source_mask" in inspect.signature(inner.forward).parameters:
+        call.update(source_mask=labels == -100, logits_to_keep=keep)  # a count of slots in its own layout
+    else:
+        call["logits_to_keep"] = keep_positions(keep, input_ids.shape[1], input_ids.device)
+    return model(**call).logits[:, -keep:]

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
-from dept.loss import keep_positions, takes_source_mask
+from dept.loss import last_logits
 from dept.precision import autocast
 
 
@@ -81,12 +81,7 @@ def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, s
         encoded = [Encoded(r.source + list(r.prefix), [-100] * len(r.source) + list(r.prefix)) for r in rows]
         batch = {k: v.to(device) for k, v in pad_batch(encoded, kind, pad).items()}
         keep = max(len(r.prefix) for r in rows) + 1
-        call = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        if takes_source_mask(model):
-            call.update(source_mask=batch["labels"] == -100, logits_to_keep=keep)
-        else:
-            call["logits_to_keep"] = keep_positions(keep, batch["input_ids"].shape[1], device)
-        logits = model(**call).logits[:, -keep:]
+        logits = last_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"], keep)
         lp = logits.float().log_softmax(-1)
         return [lp[i, keep - 1 - len(r.prefix) :] for i, r in enumerate(rows)]
     batch = pad_batch([Encoded(r.source, []) for r in rows], kind, pad)
