@@ -377,6 +377,15 @@ def _register_bench() -> None:
 _register_bench()
 
 
+def _register_serve() -> None:
+    from dept.serve.cli import serve_command
+
+    app.command("serve")(serve_command)
+
+
+_register_serve()
+
+
 def _one_line(err: BaseException) -> str:
     sources = sys.modules.get("dept.tasks.sources")
     if sources is not None and isinstance(err, sources.DataNotFoundError):

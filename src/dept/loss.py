@@ -66,10 +66,11 @@ def lm_loss(model, batch: dict, kind: str, reduction: str = "mean") -> torch.Ten
     return causal_loss(logits, labels[:, labels.shape[1] - keep :], reduction)
 
 
-def last_logits(model, input_ids, attention_mask, labels, keep: int) -> torch.Tensor:
+def last_logits(model, input_ids, attention_mask, labels, keep: int, **extra) -> torch.Tensor:
     """The last `keep` logits of left-padded causal rows, from any model. A DePT model (possibly
-    wrapped by DDP) also learns which tokens are the source (label -100): only those get offsets."""
-    call = dict(input_ids=input_ids, attention_mask=attention_mask)
+    wrapped by DDP) also learns which tokens are the source (label -100): only those get offsets.
+    `extra` goes to the model as is (a DePT model's `adapter_names`)."""
+    call = dict(input_ids=input_ids, attention_mask=attention_mask, **extra)
     inner = getattr(model, "module", model)
     if "source_mask" in inspect.signature(inner.forward).parameters:
         call.update(source_mask=labels == -100, logits_to_keep=keep)  # a count of slots in its own layout

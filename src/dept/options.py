@@ -17,6 +17,7 @@ from dept.precision import PRECISIONS
 METHODS = ("dept", "pt", "lora", "full")
 SCORINGS = ("rank", "generate")
 SPLITS = ("train", "validation", "test")
+POLICIES = ("mixed", "adapter", "none")  # how `dept serve` batches requests (dept.serve.scheduler)
 CUSTOM_PREFIXES = ("csv:", "tsv:", "jsonl:")
 
 

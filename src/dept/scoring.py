@@ -24,6 +24,7 @@ class _Row:
     source: list[int]
     prefix: tuple[int, ...]
     members: list[tuple[int, int]]  # (candidate index, its last token)
+    adapter: Optional[str] = None  # a DePTModel adapter name, for rows of different adapters in one batch
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -41,21 +42,43 @@ def rank_scores(
     max_length: int,
     batch_size: int = 16,
     precision: str = "fp32",
+    adapter_names: Optional[Sequence[str]] = None,
 ) -> torch.Tensor:
     """(N, C) log-probabilities of each candidate string given each source."""
+    if not sources:
+        return torch.empty(0, len(candidates))
+    lists = [candidates] * len(sources)
+    return torch.stack(
+        rank_each(model, tokenizer, kind, sources, lists, max_length, batch_size, precision, adapter_names)
+    )
+
+
+@torch.no_grad()
+def rank_each(
+    model,
+    tokenizer,
+    kind: str,
+    sources: Sequence[str],
+    candidate_lists: Sequence[Sequence[str]],
+    max_length: int,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    adapter_names: Optional[Sequence[str]] = None,
+) -> list[torch.Tensor]:
+    """Per source, the log-probabilities of its own candidate strings: sources of different tasks
+    (and, through `adapter_names`, of different DePT adapters) share batches, as a server needs."""
     device = next(model.parameters()).device
-    cand_ids = [target_ids(tokenizer, c, kind) for c in candidates]
-    if any(not ids for ids in cand_ids):
-        raise ValueError(f"A label string tokenizes to nothing: {candidates}")
-    groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-    for c, ids in enumerate(cand_ids):
-        groups.setdefault(tuple(ids[:-1]), []).append((c, ids[-1]))
-    longest = max(len(ids) for ids in cand_ids)
+    plans: dict[tuple[str, ...], tuple[dict, int]] = {}
     rows = []
-    for i, source in enumerate(sources):
+    for i, (source, candidates) in enumerate(zip(sources, candidate_lists)):
+        key = tuple(candidates)
+        if key not in plans:
+            plans[key] = _candidate_groups(tokenizer, key, kind)
+        groups, longest = plans[key]
         src = encode(tokenizer, source, None, kind, max_length - (longest if kind == "causal" else 0)).input_ids
-        rows += [_Row(i, src, prefix, members) for prefix, members in groups.items()]
-    scores = torch.full((len(sources), len(candidates)), float("-inf"))
+        adapter = adapter_names[i] if adapter_names is not None else None
+        rows += [_Row(i, src, prefix, members, adapter) for prefix, members in groups.items()]
+    scores = [torch.full((len(c),), float("-inf")) for c in candidate_lists]
     for chunk in _chunks(rows, batch_size):
         with autocast(device, precision):
             logprobs = _prefix_logprobs(model, chunk, kind, pad_id(tokenizer), device, _decoder_start(model))
@@ -63,8 +86,19 @@ def rank_scores(
             p = len(row.prefix)
             prefix_score = sum(float(lp[k, t]) for k, t in enumerate(row.prefix))
             for c, last in row.members:
-                scores[row.example, c] = prefix_score + float(lp[p, last])
+                scores[row.example][c] = prefix_score + float(lp[p, last])
     return scores
+
+
+def _candidate_groups(tokenizer, candidates: Sequence[str], kind: str) -> tuple[dict, int]:
+    """Candidates grouped by all but their last token (one row scores a group), and the longest one's length."""
+    cand_ids = [target_ids(tokenizer, c, kind) for c in candidates]
+    if any(not ids for ids in cand_ids):
+        raise ValueError(f"A label string tokenizes to nothing: {list(candidates)}")
+    groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    for c, ids in enumerate(cand_ids):
+        groups.setdefault(tuple(ids[:-1]), []).append((c, ids[-1]))
+    return groups, max(len(ids) for ids in cand_ids)
 
 
 def _decoder_start(model) -> int:
@@ -76,12 +110,13 @@ def _decoder_start(model) -> int:
 
 def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, start_id: int) -> list[torch.Tensor]:
     """For each row, log-softmax at the p+1 positions that predict prefix tokens then the last token."""
+    names = {"adapter_names": [r.adapter for r in rows]} if rows[0].adapter is not None else {}
     if kind == "causal":
         # Labels -100 mark the source: a DePT model offsets those tokens only, as in training.
         encoded = [Encoded(r.source + list(r.prefix), [-100] * len(r.source) + list(r.prefix)) for r in rows]
         batch = {k: v.to(device) for k, v in pad_batch(encoded, kind, pad).items()}
         keep = max(len(r.prefix) for r in rows) + 1
-        logits = last_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"], keep)
+        logits = last_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"], keep, **names)
         lp = logits.float().log_softmax(-1)
         return [lp[i, keep - 1 - len(r.prefix) :] for i, r in enumerate(rows)]
     batch = pad_batch([Encoded(r.source, []) for r in rows], kind, pad)
@@ -91,6 +126,7 @@ def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, s
         input_ids=batch["input_ids"].to(device),
         attention_mask=batch["attention_mask"].to(device),
         decoder_input_ids=decoder.to(device),
+        **names,
     ).logits
     lp = logits.float().log_softmax(-1)
     return [lp[i, : len(r.prefix) + 1] for i, r in enumerate(rows)]
@@ -98,19 +134,27 @@ def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, s
 
 @torch.no_grad()
 def classifier_scores(
-    model, tokenizer, sources: Sequence[str], max_length: int, batch_size: int = 16, precision: str = "fp32"
+    model,
+    tokenizer,
+    sources: Sequence[str],
+    max_length: int,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    adapter_names: Optional[Sequence[str]] = None,
 ) -> torch.Tensor:
     """Encoder classifiers: log-softmax of the head's logits."""
     device = next(model.parameters()).device
     out = []
-    for chunk in _chunks(list(sources), batch_size):
+    for start in range(0, len(sources), batch_size):
+        chunk = sources[start : start + batch_size]
         batch = pad_batch(
             [encode(tokenizer, s, None, "classification", max_length) for s in chunk],
             "classification",
             pad_id(tokenizer),
         )
+        names = {"adapter_names": adapter_names[start : start + batch_size]} if adapter_names is not None else {}
         with autocast(device, precision):
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            logits = model(**{k: v.to(device) for k, v in batch.items()}, **names).logits
         out.append(logits.float().log_softmax(-1).cpu())
     return torch.cat(out)
 
