@@ -1,10 +1,17 @@
 """Exported prompt embeddings are exactly what DePTModel feeds its causal backbone: the backbone on
 them alone gives DePTModel's logits and greedy tokens, as vLLM's `prompt_embeds` input will."""
 
+import base64
+import io
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
 
+import dept.backbones
 from dept import DePTConfig, DePTModel, export_prompt_embeds
+from dept.cli import main
 from dept.data import encode
 
 from conftest import randomize_update, tiny_bert_classifier
@@ -85,6 +92,65 @@ def test_other_mistakes(dm, tok):
         broken.adapters["default"].prompt_embeddings[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         export_prompt_embeds(broken, tok, ["a"])
+
+
+# ----- the command line --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, dm, tok):
+    """A backbone folder (with its tokenizer) and the `long` adapter saved next to it."""
+    root = tmp_path_factory.mktemp("export")
+    make_tiny_llama(root / "model", tokenizer=tok)  # the same seed: the weights dm wraps
+    dm.save_pretrained(root / "adapter", adapter_names=["long"])
+    return root
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_writes_the_function_output(saved, dm, tok, tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": TEXTS[1]}) + "\n" + TEXTS[2] + "\n")
+    common = ["export-embeds", "--adapter", saved / "adapter" / "long", "--model", saved / "model"]
+    common += ["--text", TEXTS[0], "--input", tmp_path / "in.jsonl"]
+    expected = export_prompt_embeds(dm, tok, TEXTS, adapter_name="long")
+
+    code, out, err = cli(capsys, *common, "--output", tmp_path / "e.safetensors")
+    assert code == 0, err
+    with safe_open(tmp_path / "e.safetensors", "pt") as f:
+        assert sorted(f.keys()) == ["embeds.0", "embeds.1", "embeds.2"]
+        assert f.metadata()["count"] == "3" and f.metadata()["adapter"].endswith("long")
+        for i, e in enumerate(expected):
+            assert torch.equal(f.get_tensor(f"embeds.{i}"), e)
+
+    code, out, err = cli(capsys, *common, "--format", "vllm-base64", "--output", tmp_path / "e.jsonl")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == TEXTS
+    for r, e in zip(rows, expected):
+        assert torch.equal(torch.load(io.BytesIO(base64.b64decode(r["prompt_embeds"])), weights_only=True), e)
+
+
+def test_cli_mistakes_are_one_line_before_the_backbone_loads(saved, tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a backbone was loaded")
+
+    monkeypatch.setattr(dept.backbones, "load_backbone", refuse)
+    t5 = DePTModel(make_tiny_t5(tokenizer=make_tiny_tokenizer(pad_token="<pad>")), SHORT)
+    t5.save_pretrained(tmp_path / "t5")
+    adapter, out = saved / "adapter" / "long", tmp_path / "e.safetensors"
+    for args, fragment in (
+        (["--adapter", tmp_path / "t5", "--model", "x", "--text", "a", "--output", out], "decoder-only"),
+        (["--adapter", adapter, "--model", "x", "--output", out], "No texts"),
+        (["--adapter", adapter, "--model", "x", "--text", "a", "--output", out, "--format", "npy"], "--format"),
+        (["--adapter", adapter, "--model", "x", "--text", "a", "--output", tmp_path], "--output"),
+    ):
+        code, _, err = cli(capsys, "export-embeds", *args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], err
 
 
 # ----- vLLM itself, where it is installed ------------------------------------------------------------------
