@@ -119,10 +119,11 @@ def test_cli_writes_the_function_output(saved, dm, tok, tmp_path, capsys):
     expected = export_prompt_embeds(dm, tok, TEXTS, adapter_name="long")
 
     code, out, err = cli(capsys, *common, "--output", tmp_path / "e.safetensors")
-    assert code == 0, err
+    assert code == 0 and f"for vLLM serving {saved / 'model'}" in out, err
     with safe_open(tmp_path / "e.safetensors", "pt") as f:
         assert sorted(f.keys()) == ["embeds.0", "embeds.1", "embeds.2"]
-        assert f.metadata()["count"] == "3" and f.metadata()["adapter"].endswith("long")
+        meta = f.metadata()
+        assert meta["count"] == "3" and meta["adapter"].endswith("long") and meta["backbone"] == str(saved / "model")
         for i, e in enumerate(expected):
             assert torch.equal(f.get_tensor(f"embeds.{i}"), e)
 

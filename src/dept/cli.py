@@ -387,10 +387,12 @@ def export_embeds(
 
     model_, tokenizer = trained.load()
     embeds = export_prompt_embeds(model_, tokenizer, texts)
+    # What vLLM must serve: the folder or hub id loaded (a named offline backbone: its converted copy).
+    backbone = str(model_.base_model.name_or_path)
     if format == "safetensors":
         from safetensors.torch import save_file
 
-        metadata = {"format": "pt", "count": str(len(embeds)), "adapter": str(trained.adapter)}
+        metadata = {"format": "pt", "count": str(len(embeds)), "adapter": str(trained.adapter), "backbone": backbone}
         save_file({f"embeds.{i}": t for i, t in enumerate(embeds)}, output, metadata=metadata)
     else:
         import base64
@@ -403,7 +405,7 @@ def export_embeds(
                 buffer = io.BytesIO()
                 torch.save(e, buffer)
                 out.write(json.dumps({"text": t, "prompt_embeds": base64.b64encode(buffer.getvalue()).decode()}) + "\n")
-    typer.echo(f"wrote {output}: {len(embeds)} tensor(s) of {embeds[0].shape[1]} columns ({embeds[0].dtype})")
+    typer.echo(f"wrote {output}: {len(embeds)} tensor(s), {embeds[0].dtype}, for vLLM serving {backbone}")
 
 
 @app.command()
