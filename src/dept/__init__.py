@@ -17,6 +17,7 @@ _EXPORTS = {
     "load_backbone": "dept.backbones",
     "convert_official": "dept.checkpoint",
     "export_peft": "dept.checkpoint",
+    "export_prompt_embeds": "dept.export",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -1,4 +1,4 @@
-"""The `dept` command line: train, eval, predict, bench, convert, tasks.
+"""The `dept` command line: train, eval, predict, export-embeds, bench, convert, tasks.
 
 `main()` is the console script. A user mistake ends in one line `error: <what and how to fix>` on
 stderr and exit status 2 (`--verbose` adds the traceback); a bug in dept still shows its traceback.
@@ -339,6 +339,73 @@ def predict(
     for row in rows:
         out.write(json.dumps(row) + "\n")
     out.flush()
+
+
+EXPORT_FORMATS = ("safetensors", "vllm-base64")
+
+
+@app.command("export-embeds")
+def export_embeds(
+    adapter: Path = typer.Option(
+        ..., exists=True, file_okay=False, help="Adapter folder (RUN/best), or a run folder: its best/ is used."
+    ),
+    output: Path = typer.Option(..., help="File to write (safetensors, or JSONL with --format vllm-base64)."),
+    text: Optional[list[str]] = typer.Option(None, "--text", help="A text to export; repeat for several."),
+    input: Optional[Path] = typer.Option(
+        None, help="More texts: JSONL (a 'text' or 'source' field) or plain text lines; - = stdin."
+    ),
+    format: str = typer.Option(
+        "safetensors",
+        help="safetensors (embeds.0, embeds.1, … in text order) | vllm-base64 (JSONL: text, prompt_embeds).",
+    ),
+    model: Optional[str] = typer.Option(
+        None, help="Backbone (default: the run's); vLLM must serve these same weights."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress; show the traceback of an error."),
+):
+    """Write the prompted input embeddings [P ; E(x) + offsets] of each text, for vLLM's prompt_embeds
+    (decoder-only backbones)."""
+    _setup_logging(verbose)
+    check_choice("--format", format, EXPORT_FORMATS)
+    if output.is_dir() or not output.parent.is_dir():
+        raise UsageError(f"--output {output} is a folder or lies in a missing one; give a file.")
+    trained = Trained(adapter, model)
+    if trained.method not in ("dept", "pt"):
+        raise UsageError(
+            f"{trained.adapter} holds a --method {trained.method} run; only dept and pt adapters are prompt embeddings."
+        )
+    if trained.kind not in (None, "causal"):
+        raise UsageError(
+            f"{trained.adapter} was trained on a {trained.kind} backbone; vLLM takes prompt_embeds for decoder-only "
+            "(causal) models only."
+        )
+    texts = list(text or []) + (_read_inputs(input) if input is not None else [])
+    if not texts:
+        raise UsageError("No texts to export; pass --text TEXT (repeatable) or --input FILE.")
+
+    from dept.export import export_prompt_embeds
+
+    model_, tokenizer = trained.load()
+    embeds = export_prompt_embeds(model_, tokenizer, texts)
+    # What vLLM must serve: the folder or hub id loaded (a named offline backbone: its converted copy).
+    backbone = str(model_.base_model.name_or_path)
+    if format == "safetensors":
+        from safetensors.torch import save_file
+
+        metadata = {"format": "pt", "count": str(len(embeds)), "adapter": str(trained.adapter), "backbone": backbone}
+        save_file({f"embeds.{i}": t for i, t in enumerate(embeds)}, output, metadata=metadata)
+    else:
+        import base64
+        import io
+
+        import torch
+
+        with open(output, "w", encoding="utf-8") as out:
+            for t, e in zip(texts, embeds):
+                buffer = io.BytesIO()
+                torch.save(e, buffer)
+                out.write(json.dumps({"text": t, "prompt_embeds": base64.b64encode(buffer.getvalue()).decode()}) + "\n")
+    typer.echo(f"wrote {output}: {len(embeds)} tensor(s), {embeds[0].dtype}, for vLLM serving {backbone}")
 
 
 @app.command()

@@ -51,11 +51,13 @@ class Trained:
         self.run = _run_settings(self.adapter)
         self.method = (self.run.get("method") or {}).get("method", "dept")
         self.max_length = None  # the adapter's own s, for dept adapters
+        self.kind = None  # the backbone kind a dept adapter was saved with, where it says
         if self.method in ("dept", "pt"):
             from dept.checkpoint import read_adapter
 
-            config, _, _ = read_adapter(self.adapter)  # names a missing, truncated, corrupt or NaN file
+            config, _, backbone = read_adapter(self.adapter)  # names a missing, truncated, corrupt or NaN file
             self.max_length = config.max_length
+            self.kind = backbone.get("kind")
         elif self.method == "lora":
             from dept.checkpoint import read_weights
 
