@@ -132,6 +132,47 @@ def test_rows_joining_a_running_batch_equal_alone(served):
         assert out["choices"][0]["text"] == served.alone("ab"[i % 2], PROMPTS[i], 12)
 
 
+def test_decode_batch_rows_that_join_and_leave_keep_their_own_logits(served):
+    """Row by row, step by step: a row's logits in a batch that others join and leave equal the
+    row decoded alone (positions, padding of the stacked caches, trimming after leaving)."""
+    if served.kind != "causal":
+        pytest.skip("encoder-decoders decode in fixed batches")
+    prompts = [served.tok(p)["input_ids"] for p in PROMPTS[:3]]
+    names = ["a", "b", "__base__"]
+
+    def alone(i: int, steps: int) -> list[torch.Tensor]:
+        batch = DecodeBatch(served.ref, 0)
+        logits, state = batch.prefill([prompts[i]], [names[i]])
+        batch.join(state)
+        out = [logits[0]]
+        for _ in range(steps):
+            out.append(batch.step(out[-1].argmax()[None])[0])
+        return out
+
+    with torch.no_grad():
+        expected = [alone(i, 6) for i in range(3)]
+        batch = DecodeBatch(served.ref, 0)
+        logits, state = batch.prefill([prompts[0]], [names[0]])  # row 0 starts alone
+        batch.join(state)
+        got = {0: [logits[0]]}
+        rows = [0]
+        for step in range(6):
+            if step == 2:  # rows 1 and 2 join the running row, prefilled together
+                logits, state = batch.prefill(prompts[1:], names[1:])
+                batch.join(state)
+                got[1], got[2] = [logits[0]], [logits[1]]
+                rows += [1, 2]
+            if step == 4:  # row 0 leaves
+                batch.keep([1, 2])
+                rows = [1, 2]
+            tokens = torch.stack([got[r][-1].argmax() for r in rows])
+            for r, logit in zip(rows, batch.step(tokens)):
+                got[r].append(logit)
+    for r in range(3):
+        for k, logit in enumerate(got[r]):
+            torch.testing.assert_close(logit, expected[r][k], atol=1e-5, rtol=1e-5, msg=f"row {r} step {k}")
+
+
 def test_a_list_prompt_gives_one_choice_per_prompt_in_order(served):
     with TestClient(served.app()) as client:
         out = complete(client, "b", PROMPTS[:3])

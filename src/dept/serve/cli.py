@@ -16,7 +16,7 @@ def _adapters(specs: list[str]) -> dict[str, Path]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise UsageError(f"--adapter {spec!r}: write NAME=PATH (e.g. --adapter sst2=runs/glue-sst2/dept/best).")
+            raise UsageError(f"--adapter {spec!r}: write NAME=PATH (e.g. --adapter sst2=runs/glue/sst2/dept).")
         if name in adapters:
             raise UsageError(f"--adapter {name!r} is given twice.")
         if not Path(path).is_dir():
