@@ -22,7 +22,7 @@ def test_help_pages_do_not_import_torch():
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from dept.cli import app\n"
-        "for args in (['--help'], ['bench', '--help'], ['train', '--help']):\n"
+        "for args in (['--help'], ['bench', '--help'], ['train', '--help'], ['tune', '--help']):\n"
         "    result = CliRunner().invoke(app, args)\n"
         "    assert result.exit_code == 0, result.output\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

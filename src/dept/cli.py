@@ -1,4 +1,4 @@
-"""The `dept` command line: train, eval, predict, export-embeds, bench, convert, tasks.
+"""The `dept` command line: train, tune, eval, predict, export-embeds, serve, bench, convert, tasks.
 
 `main()` is the console script. A user mistake ends in one line `error: <what and how to fix>` on
 stderr and exit status 2 (`--verbose` adds the traceback); a bug in dept still shows its traceback.
@@ -6,6 +6,8 @@ stderr and exit status 2 (`--verbose` adds the traceback); a bug in dept still s
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import sys
@@ -16,14 +18,19 @@ from typing import Optional
 import typer
 
 from dept.options import (
+    OPTION_NAMES,
     PRECISIONS,
+    RATE_RANGES,
     SCORINGS,
     SPLITS,
     MethodOptions,
     TrainOptions,
+    TuneOptions,
     UsageError,
     check_at_least,
     check_choice,
+    options_from,
+    read_config,
 )
 from dept.trained import Trained, model_kind_of
 
@@ -33,7 +40,7 @@ app = typer.Typer(
 logger = logging.getLogger("dept.cli")
 
 # Defaults live in the dataclasses, once; the options below read them from there.
-M, T = MethodOptions, TrainOptions
+M, T, TU = MethodOptions, TrainOptions, TuneOptions
 # The main job: DePT on SmolLM2-135M for TrainOptions' default task (GLUE STS-B, offline package); a few minutes on 2 CPU cores.
 MAIN_JOB = dict(max_steps=120, batch_size=8, eval_every=60, eval_samples=200, test_samples=200, output_dir="runs/main")
 # Errors a user can cause and fix; anything else is a bug and keeps its traceback.
@@ -53,6 +60,7 @@ def _setup_logging(verbose: bool) -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     task: Optional[str] = typer.Option(
         None, help="glue/<task>, superglue/<task>, csv:PATH or jsonl:PATH. Omit to run the main job."
     ),
@@ -104,76 +112,154 @@ def train(
     ),
     overwrite: bool = typer.Option(T.overwrite, help="Replace the run in OUTPUT_DIR."),
     tensorboard: bool = typer.Option(T.tensorboard),
+    config: Optional[Path] = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="JSON file of options by name (e.g. a search's best.json); flags given here override it.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress; show the traceback of an error."),
 ):
     """Train one adapter (or baseline) on one task; without --task, run the main job."""
     _setup_logging(verbose)
-    main_job = task is None
-    task_options = {}
-    if text_fields:
-        task_options["text_fields"] = text_fields.split(",")
-    if label_field:
-        task_options["label_field"] = label_field
-    given = {
-        k: v
-        for k, v in dict(
-            task=task,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            eval_every=eval_every,
-            eval_samples=eval_samples,
-            test_samples=test_samples,
-            output_dir=str(output_dir) if output_dir else None,
-        ).items()
-        if v is not None
-    }
-    opts = TrainOptions(
-        **{**(MAIN_JOB if main_job else {}), **given},
-        model=model,
-        data_dir=str(data_dir) if data_dir else None,
-        split_rule=split_rule,
-        grad_accum=grad_accum,
-        warmup_steps=warmup_steps,
-        max_grad_norm=max_grad_norm,
-        precision=precision,
-        gradient_checkpointing=gradient_checkpointing,
-        save_every=save_every,
-        patience=patience,
-        scoring=scoring,
-        k_shot=k_shot,
-        seed=seed,
-        resume=resume,
-        overwrite=overwrite,
-        zero_shot=zero_shot or main_job,
-        tensorboard=tensorboard,
-        task_options=task_options,
-        method=MethodOptions(
-            method=method,
-            budget=budget,
-            prompt_length=prompt_length,
-            rank=rank,
-            max_length=max_length,
-            lora_rank=lora_rank,
-            lr_prompt=lr_prompt,
-            lr_lowrank=lr_lowrank,
-            lr=lr,
-            init_from=str(init_from) if init_from else None,
-            reset_lowrank_b=reset_lowrank_b,
-            seed=seed,
-        ),
-    )
+    values = read_config(config) if config else {}
+    main_job = task is None and "task" not in values
+    opts = _run_options(ctx, values)
     # Every option, the task name and custom data files are checked before any data or backbone loads.
     from dept.tasks import get_task
 
     opts.validate()
     get_task(opts.task, **opts.task_options)
     if main_job:
-        typer.echo(f"Main job: DePT on {model}, {opts.task}, {opts.max_steps} steps -> {opts.out}")
+        typer.echo(f"Main job: DePT on {opts.model}, {opts.task}, {opts.max_steps} steps -> {opts.out}")
     from dept.train import train as run_train
 
     results = run_train(opts)
     if results:
         typer.echo(_summary(results))
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Typed on the command line (or set through its environment variable), not left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _run_options(ctx: typer.Context, values: dict, skip: tuple[str, ...] = ()) -> TrainOptions:
+    """The run's options: the dataclass defaults (or the main job's, without a task), then `values`
+    (a --config file), then the flags given. A flag left at its default has the dataclass's value."""
+    values = dict(values)
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items() if _given(ctx, k) and k not in skip}
+    task_options = dict(values.get("task_options") or {})
+    if given.get("text_fields"):
+        task_options["text_fields"] = given["text_fields"].split(",")
+    if given.get("label_field"):
+        task_options["label_field"] = given["label_field"]
+    if task_options:
+        values["task_options"] = task_options
+    values.update({k: v for k, v in given.items() if k in OPTION_NAMES})
+    if "task" not in values:  # the main job
+        values = {**MAIN_JOB, **values, "zero_shot": True}
+    return options_from(values)
+
+
+def _with_options_of(source, skip: tuple[str, ...] = ()):
+    """Give a command the options of another, declared (with their help) once: all but those it
+    declares itself or skips. The command takes them as **flags."""
+
+    def decorate(command):
+        own = inspect.signature(command, eval_str=True)
+        params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        names = {p.name for p in params} | set(skip)
+        params += [p for p in inspect.signature(source, eval_str=True).parameters.values() if p.name not in names]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            return command(**kwargs)
+
+        wrapper.__signature__ = own.replace(parameters=params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
+def _range_help(name: str, methods: str) -> str:
+    low, high = RATE_RANGES[name]
+    return f"{methods}: LOW HIGH of the log-uniform search of --{name.replace('_', '-')} (default {low:g} {high:g})."
+
+
+@app.command()
+@_with_options_of(
+    train, skip=("config", "resume", "overwrite", "zero_shot", "tensorboard", "lr_prompt", "lr_lowrank", "lr")
+)
+def tune(
+    ctx: typer.Context,
+    task: str = typer.Option(..., help="The task whose validation split scores the trials."),
+    trials: int = typer.Option(TU.trials, help="Finished (completed or pruned) trials in total; a rerun resumes."),
+    timeout: Optional[float] = typer.Option(TU.timeout, help="Seconds; no new trial starts after them."),
+    lr_prompt_range: Optional[tuple[float, float]] = typer.Option(None, help=_range_help("lr_prompt", "dept/pt")),
+    lr_lowrank_range: Optional[tuple[float, float]] = typer.Option(None, help=_range_help("lr_lowrank", "dept")),
+    lr_range: Optional[tuple[float, float]] = typer.Option(None, help=_range_help("lr", "lora/full")),
+    search_shape: bool = typer.Option(
+        TU.search_shape, help="dept: also search the prompt length m, with the budget-matched rank."
+    ),
+    prompt_length_range: Optional[tuple[int, int]] = typer.Option(
+        None, help="With --search-shape: LOW HIGH of m (default 10%..90% of --budget)."
+    ),
+    prune_after: int = typer.Option(TU.prune_after, help="Trials that finish before the median rule prunes any."),
+    output_dir: Optional[Path] = typer.Option(None, help="The search's folder (default runs/<task>/<method>/tune)."),
+    **flags,
+):
+    """Search the learning rates on the validation split (Optuna TPE + median pruning); resumable.
+
+    Each trial is a training run in OUTPUT_DIR/trial-NNNN. OUTPUT_DIR/best.json holds the best trial's options
+    for `dept train --config`; trials.json and trials.png show every trial. The test split is never scored.
+    """
+    _setup_logging(flags["verbose"])
+    logging.getLogger("dept.tune").setLevel(logging.INFO)  # one line per trial, also without --verbose
+    run = _run_options(ctx, {}, skip=("output_dir",))
+    ranges = {
+        name: value
+        for name, value in dict(
+            lr_prompt=lr_prompt_range,
+            lr_lowrank=lr_lowrank_range,
+            lr=lr_range,
+            prompt_length=prompt_length_range,
+        ).items()
+        if value is not None
+    }
+    opts = TuneOptions(
+        trials=trials,
+        timeout=timeout,
+        ranges=ranges,
+        search_shape=search_shape,
+        prune_after=prune_after,
+        output_dir=str(output_dir) if output_dir else None,
+    )
+    # Mistakes are refused before torch, Optuna, data or a backbone load.
+    from dept.tasks import get_task
+
+    opts.validate(run)
+    get_task(run.task, **run.task_options)
+    from dept._extras import requires
+
+    with requires("train"):
+        import optuna
+    from dept.tune import tune as run_tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # dept.tune logs its own line per trial
+    summary = run_tune(run, opts)
+    best, out = summary["best"], opts.out(run)
+    if best is None:
+        typer.echo(f"No trial completed ({summary['finished']} pruned); see {out / 'trials.json'}.")
+        return
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    typer.echo(
+        f"best validation {summary['metric']} {best['value']:.4g}: trial {best['trial']} ({params}), "
+        f"{summary['finished']} trials ({summary['pruned']} pruned)\n"
+        f"train with it: dept train --config {out / 'best.json'}"
+    )
 
 
 def _summary(results: dict) -> str:

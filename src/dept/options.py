@@ -6,11 +6,14 @@ the heavy imports, and refuse a mistake before any data or backbone loads.
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from dept.precision import PRECISIONS
 
@@ -173,3 +176,146 @@ class TrainOptions:
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--output-dir {self.out} is a file; give a folder for the run.")
         self.method.validate()
+
+
+# ----- one flat namespace of option names: --config files, best.json, tune's trials ------------------------------
+
+
+def _flat_types() -> dict[str, Any]:
+    """Option name -> type, the method's fields and the run's in one namespace (`seed` sets both seeds)."""
+    types = typing.get_type_hints(MethodOptions)
+    types.update({k: v for k, v in typing.get_type_hints(TrainOptions).items() if k != "method"})
+    return types
+
+
+OPTION_NAMES = frozenset(_flat_types())
+
+
+def _accepts(tp: Any, value: Any) -> bool:
+    if typing.get_origin(tp) is Union:
+        return any(_accepts(arg, value) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Union:
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    return {type(None): "null", float: "a number", int: "an integer", bool: "true/false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def check_flat(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Refuse an unknown option name or a value of the wrong type, naming the key (and its likely spelling)."""
+    types = _flat_types()
+    checked = {}
+    for key, value in values.items():
+        if key not in types:
+            close = difflib.get_close_matches(key, types, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known options: {', '.join(sorted(types))}"
+            raise UsageError(f"{source}: unknown option {key!r}{hint}.")
+        if not _accepts(types[key], value):
+            raise UsageError(f"{source}: {key} must be {_type_name(types[key])}; got {json.dumps(value)}.")
+        checked[key] = float(value) if types[key] is float else value
+    return checked
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """`dept train --config FILE`: a JSON object of option names (`lr_prompt`, `max_steps`, ...) and values."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"--config {path}: invalid JSON ({err.msg} at line {err.lineno}, column {err.colno})."
+        ) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a JSON object of option names and values.")
+    return check_flat(data, f"--config {path}")
+
+
+def options_from(values: Mapping[str, Any]) -> TrainOptions:
+    """TrainOptions from flat option names; what is not given keeps its dataclass default."""
+    values = check_flat(values, "options")
+    method_names = {f.name for f in fields(MethodOptions)}
+    run = {k: v for k, v in values.items() if k not in method_names or k == "seed"}
+    return TrainOptions(**run, method=MethodOptions(**{k: v for k, v in values.items() if k in method_names}))
+
+
+def flat_options(opts: TrainOptions) -> dict[str, Any]:
+    """The inverse of options_from: every option under its flat name (the run's seed for both seeds)."""
+    flat = asdict(opts.method)
+    flat.update({k: v for k, v in asdict(opts).items() if k != "method"})
+    return flat
+
+
+# ----- dept tune ---------------------------------------------------------------------------------------------------
+
+# What `dept tune` searches per method, and the default log-uniform ranges: wide, because good rates
+# scale with the backbone's embedding norm (SmolLM2's best DePT prompt rate is ~0.1, T5's ~0.3).
+SEARCHED_RATES = {"dept": ("lr_prompt", "lr_lowrank"), "pt": ("lr_prompt",), "lora": ("lr",), "full": ("lr",)}
+RATE_RANGES = {"lr_prompt": (1e-3, 1.0), "lr_lowrank": (1e-6, 1e-2), "lr": (1e-6, 1e-2)}
+
+
+@dataclass
+class TuneOptions:
+    trials: int = 20  # finished (completed or pruned) trials in total, across resumed searches
+    timeout: Optional[float] = None  # seconds; no new trial starts after it
+    ranges: dict = field(default_factory=dict)  # overrides of RATE_RANGES (and `prompt_length` with search_shape)
+    search_shape: bool = False  # DePT: also search the prompt length m, with the budget-matched rank
+    prune_after: int = 3  # MedianPruner's n_startup_trials: trials that finish before any is pruned
+    output_dir: Optional[str] = None  # default: runs/<task>/<method>/tune
+
+    def out(self, run: TrainOptions) -> Path:
+        return Path(self.output_dir or Path(default_output_dir(run.task, run.method.method)) / "tune")
+
+    def space(self, run: TrainOptions) -> dict[str, tuple]:
+        """Parameter -> (low, high): log-uniform for the rates, integers for the prompt length."""
+        space = {name: tuple(self.ranges.get(name, RATE_RANGES[name])) for name in SEARCHED_RATES[run.method.method]}
+        if self.search_shape:
+            budget = run.method.budget
+            default = (max(1, budget // 10), max(1, budget * 9 // 10))
+            space["prompt_length"] = tuple(int(v) for v in self.ranges.get("prompt_length", default))
+        return space
+
+    def validate(self, run: TrainOptions) -> None:
+        method = run.method.method
+        check_choice("--method", method, METHODS)
+        check_at_least("--trials", self.trials, 1)
+        check_at_least("--prune-after", self.prune_after, 0)
+        if self.timeout is not None and not self.timeout > 0:
+            raise UsageError(f"--timeout must be a number of seconds above 0; got {self.timeout}.")
+        searched = SEARCHED_RATES[method] + (("prompt_length",) if self.search_shape else ())
+        for name, (low, high) in self.ranges.items():
+            flag = f"--{name.replace('_', '-')}-range"
+            if name == "prompt_length" and not self.search_shape:
+                raise UsageError(f"{flag} applies with --search-shape.")
+            if name not in searched:
+                users = [m for m, rates in SEARCHED_RATES.items() if name in rates]
+                raise UsageError(
+                    f"{flag} applies to --method {'/'.join(users)}; --method {method} searches "
+                    f"{', '.join('--' + n.replace('_', '-') + '-range' for n in SEARCHED_RATES[method])}."
+                )
+            if name != "prompt_length":
+                check_learning_rate(flag, low)
+                check_learning_rate(flag, high)
+            if low > high:
+                raise UsageError(f"{flag} is LOW HIGH with LOW <= HIGH; got {low:g} {high:g}.")
+        if self.search_shape:
+            if method != "dept":
+                raise UsageError(f"--search-shape searches DePT's prompt length; --method {method} has none to search.")
+            if run.method.rank is not None:
+                raise UsageError("--search-shape keeps the rank budget-matched; leave --rank out.")
+            low, high = self.space(run)["prompt_length"]
+            if low < 1 or high > run.method.budget:
+                raise UsageError(
+                    f"--prompt-length-range must lie within 1..--budget ({run.method.budget}); got {low} {high}."
+                )
+        out = self.out(run)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--output-dir {out} is a file; give a folder for the search.")

@@ -1,4 +1,5 @@
-"""Every chart dept draws: the training curve of a run, and the benchmark's ratio and scaling charts.
+"""Every chart dept draws: the training curve of a run, the trials of a search, and the benchmark's ratio
+and scaling charts.
 
 matplotlib (an optional extra) is imported only when a chart is drawn, with the Agg backend so no
 display is needed.
@@ -50,6 +51,63 @@ def training_curve(metrics_file: Path, out_png: Path, main_metric: str) -> None:
     ax.set_title(Path(metrics_file).parent.name)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def tuning_trials(rows: Sequence[dict[str, Any]], out_png: Path, metric: str, title: str) -> None:
+    """`dept tune`: the validation score of each trial (pruned ones at their last reported score), and
+    the searched learning rates against each other (or against the score), colored by score."""
+    plt = _pyplot()
+
+    def score(r):
+        if r["value"] is not None:
+            return r["value"]
+        last = list(r["intermediate"].values())
+        return last[-1] if last else None
+
+    scored = [r for r in rows if score(r) is not None]
+    values = [score(r) for r in scored]
+    norm = plt.Normalize(min(values, default=0.0), max(values, default=1.0))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for pruned, marker in ((False, "o"), (True, "x")):
+        group = [r for r in scored if (r["state"] == "pruned") == pruned]
+        if group:
+            left.scatter(
+                [r["trial"] for r in group],
+                [score(r) for r in group],
+                c=[score(r) for r in group],
+                cmap="viridis",
+                norm=norm,
+                marker=marker,
+                label="pruned (last score)" if pruned else "completed",
+            )
+    complete = sorted((r["trial"], r["value"]) for r in rows if r["value"] is not None)
+    if complete:
+        best = [max(v for _, v in complete[: i + 1]) for i in range(len(complete))]
+        left.step([t for t, _ in complete], best, where="post", color="grey", linewidth=1, label="best so far")
+        left.legend(fontsize=8)
+    left.xaxis.get_major_locator().set_params(integer=True)
+    left.set_xlabel("trial")
+    left.set_ylabel(f"validation {metric}")
+    rates = [k for k in (rows[0]["params"] if rows else {}) if k.startswith("lr")]
+    if scored and rates:
+        xs = [r["params"][rates[0]] for r in scored]
+        ys = [r["params"][rates[1]] for r in scored] if len(rates) > 1 else values
+        points = right.scatter(xs, ys, c=values, cmap="viridis", norm=norm, s=40)
+        for r, x, y in zip(scored, xs, ys):
+            label = str(r["trial"]) + (f" m={r['params']['prompt_length']}" if "prompt_length" in r["params"] else "")
+            right.annotate(label, (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        right.set_xscale("log")
+        right.set_xlabel(rates[0])
+        if len(rates) > 1:
+            right.set_yscale("log")
+            right.set_ylabel(rates[1])
+        else:
+            right.set_ylabel(f"validation {metric}")
+        fig.colorbar(points, ax=right, label=f"validation {metric}")
+    fig.suptitle(f"{title}: {len(rows)} trials")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110, format="png")
     plt.close(fig)
 
 

@@ -63,6 +63,13 @@ def atomic_dir(target: Path, write) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def atomic_file(target: Path, write) -> None:
+    """Write a file beside `target` (same suffix, so writers that go by it still work), then swap it in."""
+    tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
+    write(tmp)
+    os.replace(tmp, target)
+
+
 def trim_log(path: Path, step: int) -> None:
     """Drop what a killed run logged after its last checkpoint (all of it for a fresh run)."""
     if not path.exists():

@@ -19,6 +19,7 @@ import json
 import logging
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -68,11 +69,16 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Run:
-    """State of one training run; `fit()` is the whole job."""
+    """State of one training run; `fit()` is the whole job.
 
-    def __init__(self, opts: TrainOptions):
+    `on_eval(step, score)` is called after each validation with the task's main metric, so a caller
+    (`dept tune`) can follow the run and stop it by raising (single process only).
+    """
+
+    def __init__(self, opts: TrainOptions, on_eval: Optional[Callable[[int, float], None]] = None):
         opts.validate()
         self.opts = opts
+        self.on_eval = on_eval
         self.out = opts.out
         from dept.tasks import get_task
 
@@ -280,6 +286,8 @@ class Run:
             else:
                 self.state["bad_evals"] += 1
             self._log({"step": self.state["step"], **{f"val_{k}": v for k, v in metrics.items()}})
+            if self.on_eval is not None:
+                self.on_eval(self.state["step"], score)
         self.state = self._broadcast(self.state)
         return metrics
 
@@ -423,5 +431,5 @@ class Run:
         return results
 
 
-def train(opts: TrainOptions) -> dict:
-    return Run(opts).fit()
+def train(opts: TrainOptions, on_eval: Optional[Callable[[int, float], None]] = None) -> dict:
+    return Run(opts, on_eval).fit()
