@@ -1,13 +1,14 @@
 """Load test of `dept serve`: 1, 4 and 16 DePT adapters of different prompt lengths on SmolLM2-135M,
-at several concurrency levels, under three schedulers started one after the other on the same
-machine with the same requests:
+at several concurrency levels, under three schedulers on the same machine with the same requests:
 
 - mixed:   rows of any adapters share backbone calls (dept's scheduler);
 - adapter: one adapter per batch, what PEFT allows for prompt methods;
 - none:    one request at a time.
 
 A real HTTP load: a closed loop of `concurrency` asyncio clients (httpx) against a `dept serve`
-process, each sending its next request when the last one returns. Requests go round-robin over the
+process, each sending its next request when the last one returns. One server per scheduler runs
+for the whole test; the cells take turns (mixed, adapter, none for each load), so a drift of the
+machine hits the three alike, and only the server under load does any work. Requests go round-robin over the
 adapters. The adapters' prompt lengths are chosen so that the first 1, 4 and 16 all average m = 24:
 changing the number of adapters changes only how many there are, not how long the sequences are.
 Cells already in results.json are skipped, so a killed run resumes.
@@ -84,9 +85,9 @@ def rss_mb(pid: int) -> float | None:
 class Server:
     """A `dept serve` process on a free port."""
 
-    def __init__(self, args, root: Path, scheduler: str):
+    def __init__(self, args, root: Path, scheduler: str, port: int):
         adapters = [f"--adapter=task{i:02d}={root / f'task{i:02d}'}" for i in range(len(PROMPT_LENGTHS))]
-        self.port = args.port
+        self.port = port
         cmd = [sys.executable, "-m", "dept.cli", "serve", "--model", args.model, *adapters, "--port", str(self.port),
                "--scheduler", scheduler, "--max-batch-size", str(args.max_batch_size),
                "--max-wait-ms", str(args.max_wait_ms), "--precision", args.precision]  # fmt: skip
@@ -158,8 +159,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("DEPT_DATA_DIR"))
     parser.add_argument("--schedulers", default="mixed,adapter,none")
     parser.add_argument("--adapters", default="1,4,16")
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--requests", type=int, default=64, help="Requests per cell (at least 2 per client).")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=12, help="Requests per cell, at least.")
+    parser.add_argument("--rounds", type=int, default=3, help="...and at least this many per client.")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -171,44 +173,48 @@ def main() -> None:
     out = args.output_dir / "results.json"
     results = json.loads(out.read_text()) if out.is_file() else {"cells": [], "memory": {}}
     done = {(c["scheduler"], c["adapters"], c["concurrency"]) for c in results["cells"]}
+    schedulers = args.schedulers.split(",")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    cells = [(a, c, s) for a in map(int, args.adapters.split(",")) for c in levels for s in schedulers]
+    todo = [(a, c, s) for a, c, s in cells if (s, a, c) not in done]
     prompts = sentences(args.data_dir, 64)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_adapters(args.model, root)
-        for scheduler in args.schedulers.split(","):
-            cells = [(int(a), int(c)) for a in args.adapters.split(",") for c in args.concurrency.split(",")]
-            todo = [(a, c) for a, c in cells if (scheduler, a, c) not in done]
-            if not todo:
-                continue
-            server = Server(args, root, scheduler)
-            try:
-                warm = requests_for(prompts, len(PROMPT_LENGTHS), len(PROMPT_LENGTHS), args.max_tokens)
-                asyncio.run(load(server.url, warm, 4))  # every adapter once: resident, kernels warm
-                before = rss_mb(server.process.pid)
-                for adapters, concurrency in todo:
-                    count = max(args.requests, 2 * concurrency)
-                    cell = asyncio.run(
-                        load(server.url, requests_for(prompts, adapters, count, args.max_tokens), concurrency)
-                    )
-                    cell.update(scheduler=scheduler, adapters=adapters, concurrency=concurrency)
-                    print(json.dumps(cell), flush=True)
-                    results["cells"].append(cell)
-                    out.write_text(json.dumps(results, indent=2))
-                time.sleep(2)
-                after = rss_mb(server.process.pid)
-                results["memory"][scheduler] = {"rss_before_mb": before, "rss_after_mb": after}
-                health = httpx.get(f"{server.url}/health").json()
-                results.setdefault("batching", {})[scheduler] = health
-            finally:
+        servers = {}
+        if todo:
+            make_adapters(args.model, root)
+        try:
+            for i, scheduler in enumerate(s for s in schedulers if any(cell[2] == s for cell in todo)):
+                servers[scheduler] = server = Server(args, root, scheduler, args.port + i)
+                # every adapter, then a full round at the highest concurrency: resident adapters, warm
+                # kernels, the allocator at its working size
+                warm = requests_for(prompts, len(PROMPT_LENGTHS), len(PROMPT_LENGTHS) + max(levels), args.max_tokens)
+                asyncio.run(load(server.url, warm, max(levels)))
+            time.sleep(3)  # idle: the servers trim their heaps
+            before = {name: rss_mb(server.process.pid) for name, server in servers.items()}
+            for adapters, concurrency, scheduler in todo:
+                count = max(args.requests, args.rounds * concurrency)
+                requests = requests_for(prompts, adapters, count, args.max_tokens)
+                cell = asyncio.run(load(servers[scheduler].url, requests, concurrency))
+                cell.update(scheduler=scheduler, adapters=adapters, concurrency=concurrency)
+                print(json.dumps(cell), flush=True)
+                results["cells"].append(cell)
+                out.write_text(json.dumps(results, indent=2))
+            time.sleep(3)
+            for name, server in servers.items():
+                results["memory"][name] = {"rss_before_mb": before[name], "rss_after_mb": rss_mb(server.process.pid)}
+                results.setdefault("batching", {})[name] = httpx.get(f"{server.url}/health").json()
+        finally:
+            for server in servers.values():
                 server.stop()
-            results["setup"] = {
-                "model": args.model, "max_tokens": args.max_tokens, "max_batch_size": args.max_batch_size,
-                "max_wait_ms": args.max_wait_ms, "precision": args.precision, "prompt_lengths": PROMPT_LENGTHS,
-                "prompts": "SST-2 validation sentences" if args.data_dir else "built-in sentences",
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                "command": " ".join(["python", "benchmarks/serving/run.py", *sys.argv[1:]]),
-            }  # fmt: skip
-            out.write_text(json.dumps(results, indent=2))
+    results["setup"] = {
+        "model": args.model, "max_tokens": args.max_tokens, "max_batch_size": args.max_batch_size,
+        "max_wait_ms": args.max_wait_ms, "precision": args.precision, "prompt_lengths": PROMPT_LENGTHS,
+        "prompts": "SST-2 validation sentences" if args.data_dir else "built-in sentences",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "command": " ".join(["python", "benchmarks/serving/run.py", *sys.argv[1:]]),
+    }  # fmt: skip
+    out.write_text(json.dumps(results, indent=2))
     from report import write_report
 
     write_report(results, args.output_dir)

@@ -15,6 +15,7 @@ alone; the thread keeps serving.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -37,6 +38,7 @@ from dept.serve.text import TextStream
 logger = logging.getLogger(__name__)
 
 UNLIMITED = 1 << 30  # lengths are checked before a request is queued; scoring must not cut anything
+IDLE = 1.0  # seconds without work after which freed memory goes back to the OS
 
 
 class Sink:
@@ -160,11 +162,15 @@ class Scheduler:
 
     # ----- the model thread -------------------------------------------------------------------
     def _run(self) -> None:
+        rested = True
         with torch.no_grad():
             while True:
                 with self._cond:
                     while not self._stopping and not self._waiting and not self.rows:
-                        self._cond.wait()
+                        if not self._cond.wait(None if rested else IDLE):
+                            _release_memory()  # idle for a while: hand the batch buffers back to the OS
+                            rested = True
+                    rested = False
                     if self._stopping:
                         break
                     if not self.rows and self.policy != "none":
@@ -383,6 +389,15 @@ def _generator(job: Completion) -> torch.Generator:
     else:
         generator.seed()
     return generator
+
+
+def _release_memory() -> None:
+    """glibc keeps freed heap pages (a large batch's activations and caches) mapped; give them back,
+    so an idle server's memory returns to its resting size. Nothing to do elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _eos_ids(backbone) -> set[int]:
