@@ -383,6 +383,24 @@ def test_only_safetensors_adapters_of_this_backbone_load(served, tmp_path):
         complete(client, "tiny", PROMPTS[0])
 
 
+def test_an_adapter_whose_files_break_after_registration_fails_only_its_requests(served, tmp_path):
+    import shutil
+
+    shutil.copytree(served.adapter("a") / "best", tmp_path / "a")
+    app = served.app(adapters={"a": tmp_path / "a", "b": served.adapter("b")})
+    with TestClient(app) as client:
+        (tmp_path / "a" / "adapter_model.safetensors").write_bytes(b"truncated")  # before its first load
+        broken, fine = concurrently(
+            [
+                lambda: client.post("/v1/completions", json={"model": "a", "prompt": PROMPTS[0], "temperature": 0}),
+                lambda: client.post("/v1/completions", json={"model": "b", "prompt": PROMPTS[1], "temperature": 0}),
+            ]
+        )
+        _error(broken, 500, "Could not load the adapter 'a'")
+        assert fine.status_code == 200
+        assert complete(client, "b", PROMPTS[1])["choices"][0]["text"] == served.alone("b", PROMPTS[1])
+
+
 def test_least_recently_used_adapters_are_evicted_and_come_back(served):
     app = served.app(max_loaded=1)
     store = app.state.store

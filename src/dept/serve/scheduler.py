@@ -236,11 +236,22 @@ class Scheduler:
         return taken
 
     def _resident(self, jobs: list[Job]) -> list[Job]:
-        gone = self.store.ensure_loaded(job.adapter for job in jobs)
+        """The jobs whose adapters are now in the model; the others fail (deleted, or unloadable)."""
+        failed: dict[str, ServeError] = {}
+        try:
+            gone = self.store.ensure_loaded(job.adapter for job in jobs)
+        except Exception:  # one adapter's files broke since it was registered: find which
+            gone = set()
+            for name in dict.fromkeys(job.adapter for job in jobs):
+                try:
+                    gone |= self.store.ensure_loaded([name])
+                except Exception as err:
+                    failed[name] = ServeError(500, f"Could not load the adapter {name!r}: {err}")
+        failed.update({name: ServeError(404, f"The adapter {name!r} was deleted.") for name in gone})
         for job in jobs:
-            if job.adapter in gone:
-                job.sink.put(("error", job.index, ServeError(404, f"The adapter {job.adapter!r} was deleted.")))
-        return [job for job in jobs if job.adapter not in gone]
+            if job.adapter in failed:
+                job.sink.put(("error", job.index, failed[job.adapter]))
+        return [job for job in jobs if job.adapter not in failed]
 
     def _isolated(self, run, jobs: list[Job], err: Exception) -> None:
         """A batched call raised: run each job alone, so only the faulty one fails."""
