@@ -89,3 +89,28 @@ def test_stsb_candidates_cover_the_rounded_grid():
     candidates, values = candidates_for(get_task("glue/stsb"))
     assert len(candidates) == 26 and candidates[0] == "0.0" and candidates[-1] == "5.0"
     assert values[1].item() == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "dept", "lora", "dept-mixed"])
+def test_rows_sharing_a_source_score_as_one_sequence_per_row(wrap):
+    """STS-B's 26 candidates take six rows per example: in a batch those rows share one source pass
+    (a KV cache); with batch_size=1 every row is its own full sequence. Both must agree."""
+    tok = make_tiny_tokenizer(add_eos=True)
+    model = make_tiny_llama(tokenizer=tok)
+    names = None
+    if wrap == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    elif wrap.startswith("dept"):
+        model = DePTModel(model, DePTConfig(prompt_length=3, rank=2, max_length=64, prompt_init="vocab"))
+        model.add_adapter("other", DePTConfig(prompt_length=5, rank=1, max_length=64, prompt_init="vocab", seed=2))
+        with torch.no_grad():
+            for adapter in model.adapters.values():
+                adapter.lora_embedding_B.normal_()
+        names = ["default", "other"] if wrap == "dept-mixed" else None
+    candidates, _ = candidates_for(get_task("glue/stsb"))
+    with torch.no_grad():
+        shared = rank_scores(model, tok, "causal", SOURCES, candidates, 64, batch_size=64, adapter_names=names)
+        alone = rank_scores(model, tok, "causal", SOURCES, candidates, 64, batch_size=1, adapter_names=names)
+    torch.testing.assert_close(shared, alone, atol=1e-4, rtol=1e-4)

@@ -68,3 +68,11 @@ def pools_last_token(model: Any) -> bool:
         model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
         and model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
     )
+
+
+def cache_name(model) -> str:
+    """The keyword (and output field) of a transformers model's KV cache: `cache` since transformers
+    5.x renamed it, `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

@@ -7,6 +7,7 @@ so single-token labels cost one forward per example and STS-B's 26 scores cost s
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -14,6 +15,7 @@ from typing import Optional
 import torch
 
 from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
+from dept.kinds import cache_name
 from dept.loss import last_logits
 from dept.precision import autocast
 
@@ -79,7 +81,7 @@ def rank_each(
         adapter = adapter_names[i] if adapter_names is not None else None
         rows += [_Row(i, src, prefix, members, adapter) for prefix, members in groups.items()]
     scores = [torch.full((len(c),), float("-inf")) for c in candidate_lists]
-    for chunk in _chunks(rows, batch_size):
+    for chunk in _source_chunks(rows, batch_size):
         with autocast(device, precision):
             logprobs = _prefix_logprobs(model, chunk, kind, pad_id(tokenizer), device, _decoder_start(model))
         for row, lp in zip(chunk, logprobs):
@@ -88,6 +90,21 @@ def rank_each(
             for c, last in row.members:
                 scores[row.example][c] = prefix_score + float(lp[p, last])
     return scores
+
+
+def _source_chunks(rows: Sequence[_Row], size: int) -> Iterator[Sequence[_Row]]:
+    """Rows of `size` sources at a time: rows that share a source stay together (one source pass)."""
+    chunk: list[_Row] = []
+    sources: set = set()
+    for row in rows:
+        key = (row.example, row.adapter)
+        if key not in sources and len(sources) == size:
+            yield chunk
+            chunk, sources = [], set()
+        chunk.append(row)
+        sources.add(key)
+    if chunk:
+        yield chunk
 
 
 def _candidate_groups(tokenizer, candidates: Sequence[str], kind: str) -> tuple[dict, int]:
@@ -111,6 +128,8 @@ def _decoder_start(model) -> int:
 def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, start_id: int) -> list[torch.Tensor]:
     """For each row, log-softmax at the p+1 positions that predict prefix tokens then the last token."""
     names = {"adapter_names": [r.adapter for r in rows]} if rows[0].adapter is not None else {}
+    if kind == "causal" and len({(r.example, r.adapter) for r in rows}) < len(rows):
+        return _shared_source_logprobs(model, rows, pad, device)
     if kind == "causal":
         # Labels -100 mark the source: a DePT model offsets those tokens only, as in training.
         encoded = [Encoded(r.source + list(r.prefix), [-100] * len(r.source) + list(r.prefix)) for r in rows]
@@ -130,6 +149,55 @@ def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, s
     ).logits
     lp = logits.float().log_softmax(-1)
     return [lp[i, : len(r.prefix) + 1] for i, r in enumerate(rows)]
+
+
+def _shared_source_logprobs(model, rows: Sequence[_Row], pad: int, device) -> list[torch.Tensor]:
+    """Causal rows that share a source (candidates with different prefixes, e.g. STS-B's 26 scores
+    in six rows): each source runs once and leaves a KV cache; the candidate prefixes continue from
+    it. The same log-probabilities as one sequence per row (DePT offsets on the source only), at the
+    cost of one source pass per example instead of one per row."""
+    inner = getattr(model, "module", model)  # DDP
+    dept_model = hasattr(inner, "prompted_inputs")
+    backbone = inner.base_model if dept_model else inner
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone  # under PEFT
+    cache_arg = cache_name(base)
+    keys = list(dict.fromkeys((r.example, r.adapter) for r in rows))
+    firsts = {key: next(r for r in rows if (r.example, r.adapter) == key) for key in keys}
+    batch = pad_batch([Encoded(firsts[k].source, []) for k in keys], "causal", pad)
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    if dept_model:
+        names = [k[1] for k in keys] if keys[0][1] is not None else None
+        prompted = inner.prompted_inputs(ids, mask, adapter_names=names)  # every given token is source
+        call = dict(inputs_embeds=prompted.inputs_embeds, attention_mask=prompted.attention_mask)
+        mask, positions = prompted.attention_mask, prompted.position_ids
+    else:
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        call = dict(input_ids=ids, attention_mask=mask)
+    if "logits_to_keep" in inspect.signature(base.forward).parameters:
+        call["logits_to_keep"] = torch.tensor([-1], device=device)  # the last slot only (see DePTModel.generate)
+    out = backbone(**call, position_ids=positions, use_cache=True)
+    first = out.logits[:, -1].float().log_softmax(-1)
+    longest = max(len(r.prefix) for r in rows)
+    where = torch.tensor([keys.index((r.example, r.adapter)) for r in rows], device=device)
+    if longest == 0:
+        return [first[i][None] for i in where.tolist()]
+    cache = out[cache_arg]
+    cache.batch_select_indices(where)  # one copy of its source's cache per row
+    prefix_mask = torch.tensor([[1] * len(r.prefix) + [0] * (longest - len(r.prefix)) for r in rows], device=device)
+    tokens = torch.tensor([list(r.prefix) + [pad] * (longest - len(r.prefix)) for r in rows], device=device)
+    steps = positions[where, -1:] + 1 + torch.arange(longest, device=device)
+    more = (
+        backbone(
+            input_ids=tokens,
+            attention_mask=torch.cat([mask[where], prefix_mask.to(mask.dtype)], dim=1),
+            position_ids=steps,
+            use_cache=True,
+            **{cache_arg: cache},
+        )
+        .logits.float()
+        .log_softmax(-1)
+    )
+    return [torch.cat([first[w][None], more[i, : len(r.prefix)]]) for i, (w, r) in enumerate(zip(where.tolist(), rows))]
 
 
 @torch.no_grad()

@@ -9,7 +9,6 @@ index. What a row computes therefore does not depend on what it was batched with
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -20,6 +19,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from dept.data import Encoded, pad_batch
+from dept.kinds import cache_name
 from dept.model import DePTModel
 
 
@@ -54,9 +54,7 @@ class DecodeBatch:
         self.pad_id = pad_id
         self.state: Optional[Rows] = None
         self.joinable = True
-        # transformers renamed `past_key_values` to `cache` (argument and output field) in 5.x
-        params = inspect.signature(self.backbone.forward).parameters
-        self.cache_name = "cache" if "cache" in params else "past_key_values"
+        self.cache_name = cache_name(self.backbone)
 
     def __len__(self) -> int:
         return 0 if self.state is None else self.state.mask.shape[0]
