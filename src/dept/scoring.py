@@ -2,7 +2,8 @@
 
 Rank classification scores each label string by its exact log-probability. Candidates that share
 all but their last token are scored by one row (the last position's distribution covers them all),
-so single-token labels cost one forward per example and STS-B's 26 scores cost six.
+so single-token labels cost one forward per example. Causal rows of one example (STS-B's 26 scores
+take six) share one pass over the source and continue from its KV cache.
 """
 
 from __future__ import annotations
