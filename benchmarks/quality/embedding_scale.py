@@ -63,7 +63,16 @@ def main() -> None:
     if args.official.is_dir():
         rows += official_prompt_rms(args.official)
     (HERE / "embedding_scale.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| backbone | d | RMS of the input embeddings | RMS of a trained prompt |", "|---|---:|---:|---:|"]
+    lines = [
+        "# Scale of the input embeddings per backbone",
+        "",
+        "`python benchmarks/quality/embedding_scale.py`: RMS of the embedding layer's output over the whole",
+        "vocabulary (Gemma's sqrt(d) multiplier included). T5-Base's weights are not available offline; its",
+        "column is the RMS of the official DePT prompts (initialised from its vocabulary, then trained).",
+        "",
+        "| backbone | d | RMS of the input embeddings | RMS of a trained prompt |",
+        "|---|---:|---:|---:|",
+    ]
     for r in rows:
         emb = f"{r['embedding_rms']:.4f}" if "embedding_rms" in r else ""
         prompt = f"{r['prompt_rms']:.3f}" if "prompt_rms" in r else ""

@@ -31,8 +31,12 @@ def accuracy(task, predictions, examples, keep) -> float:
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
-    cli.add_argument("--adapters", nargs="+", type=Path,
-                     default=[REPO / "runs" / "quality" / "glue-sst2" / m / "best" for m in ("pt", "dept")])
+    cli.add_argument(
+        "--adapters",
+        nargs="+",
+        type=Path,
+        default=[REPO / "runs" / "quality" / "glue-sst2" / m / "best" for m in ("pt", "dept")],
+    )
     cli.add_argument("--cutoff", type=int, default=27, help="90th percentile of SST-2 training lengths (tokens).")
     cli.add_argument("--test-samples", type=int, default=500)
     args = cli.parse_args()
@@ -51,15 +55,26 @@ def main() -> None:
                 with torch.no_grad():
                     model.adapters[model.active_adapter].lora_embedding_A[cutoff:] = 0
             _, predictions = evaluate(model, tokenizer, "causal", task, test, 256, batch_size=32, precision="bf16")
-            rows.append({"adapter": str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder),
-                         "variant": name, "all": accuracy(task, predictions, test, [True] * len(test)),
-                         "short": accuracy(task, predictions, test, [not x for x in long]),
-                         "long": accuracy(task, predictions, test, long)})
+            rows.append(
+                {
+                    "adapter": str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder),
+                    "variant": name,
+                    "all": accuracy(task, predictions, test, [True] * len(test)),
+                    "short": accuracy(task, predictions, test, [not x for x in long]),
+                    "long": accuracy(task, predictions, test, long),
+                }
+            )
             print(rows[-1], flush=True)
-    lines = [f"SST-2 test accuracy by input length (short: <= {args.cutoff} tokens, {long.count(False)} examples; "
-             f"long: {long.count(True)} examples)", "",
-             "| adapter | variant | all | short | long |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {r['adapter']} | {r['variant']} | {r['all']:.1f} | {r['short']:.1f} | {r['long']:.1f} |" for r in rows]
+    lines = [
+        f"SST-2 test accuracy by input length (short: <= {args.cutoff} tokens, {long.count(False)} examples; "
+        f"long: {long.count(True)} examples)",
+        "",
+        "| adapter | variant | all | short | long |",
+        "|---|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['adapter']} | {r['variant']} | {r['all']:.1f} | {r['short']:.1f} | {r['long']:.1f} |" for r in rows
+    ]
     out = REPO / "benchmarks" / "quality"
     (out / "length_probe.json").write_text(json.dumps({"cutoff": args.cutoff, "rows": rows}, indent=2))
     (out / "length_probe.md").write_text("\n".join(lines) + "\n")

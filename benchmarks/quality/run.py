@@ -36,11 +36,39 @@ def run_one(task: str, method: str, args) -> dict:
     done = folder / "results.json"
     if done.is_file():
         return json.loads(done.read_text())
-    cmd = [sys.executable, "-m", "dept.cli", "train", "--task", task, "--model", args.model, "--data-dir", str(args.data_dir),
-           "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--eval-every", str(args.steps // 2),
-           "--eval-samples", str(args.eval_samples), "--test-samples", str(args.test_samples),
-           "--lr-prompt", str(args.lr_prompt), "--lr-lowrank", str(args.lr_lowrank), "--lr", str(args.lr_lora),
-           "--max-length", "256", "--output-dir", str(folder), *METHODS[method]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dept.cli",
+        "train",
+        "--task",
+        task,
+        "--model",
+        args.model,
+        "--data-dir",
+        str(args.data_dir),
+        "--max-steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--eval-every",
+        str(args.steps // 2),
+        "--eval-samples",
+        str(args.eval_samples),
+        "--test-samples",
+        str(args.test_samples),
+        "--lr-prompt",
+        str(args.lr_prompt),
+        "--lr-lowrank",
+        str(args.lr_lowrank),
+        "--lr",
+        str(args.lr_lora),
+        "--max-length",
+        "256",
+        "--output-dir",
+        str(folder),
+        *METHODS[method],
+    ]
     started = time.time()
     print(f"[{time.strftime('%H:%M:%S')}] {task} {method}", flush=True)
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL if not args.verbose else None)
@@ -49,17 +77,23 @@ def run_one(task: str, method: str, args) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| task (metric) | method | test | validation | trainable params | train time (s) | peak RSS (MB) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| task (metric) | method | test | validation | trainable params | train time (s) | peak RSS (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for task, runs in results.items():
         metric = next(iter(runs.values()))["main_metric"]
         pt = runs.get("pt", {})
         if "zero_shot_test" in pt:
-            lines.append(f"| {task} ({metric}) | zero-shot | {pt['zero_shot_test'][metric]:.1f} | "
-                         f"{pt['zero_shot_validation'][metric]:.1f} | 0 | - | - |")
+            lines.append(
+                f"| {task} ({metric}) | zero-shot | {pt['zero_shot_test'][metric]:.1f} | "
+                f"{pt['zero_shot_validation'][metric]:.1f} | 0 | - | - |"
+            )
         for method, r in runs.items():
-            lines.append(f"| {task} ({metric}) | {LABELS[method]} | {r['test'][metric]:.1f} | {r['validation'][metric]:.1f} | "
-                         f"{r['trainable_parameters']:,} | {r['train_seconds']:.0f} | {r['peak_memory_mb']:.0f} |")
+            lines.append(
+                f"| {task} ({metric}) | {LABELS[method]} | {r['test'][metric]:.1f} | {r['validation'][metric]:.1f} | "
+                f"{r['trainable_parameters']:,} | {r['train_seconds']:.0f} | {r['peak_memory_mb']:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -93,7 +127,9 @@ REPO = Path(__file__).resolve().parents[2]
 def parser(description: str) -> argparse.ArgumentParser:
     """The suite's settings; sweep.py reuses them so a sweep differs only in what it varies."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DEPT_DATA_DIR", REPO.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("DEPT_DATA_DIR", REPO.parent / "shared" / "data"))
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "quality", help="Checkpoints (not committed).")
     parser.add_argument("--model", default="smollm2-135m")
@@ -119,9 +155,17 @@ def main() -> None:
     for task in args.tasks:
         for method in args.methods:
             results.setdefault(task, {})[method] = run_one(task, method, args)
-            (args.out / "results.json").write_text(json.dumps({"settings": vars(args) | {"data_dir": "../shared/data",
-                                                               "out": "benchmarks/quality", "runs": "runs/quality"}, "results": results},
-                                                              indent=2, default=str))
+            (args.out / "results.json").write_text(
+                json.dumps(
+                    {
+                        "settings": vars(args)
+                        | {"data_dir": "../shared/data", "out": "benchmarks/quality", "runs": "runs/quality"},
+                        "results": results,
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
     (args.out / "results.md").write_text(table(results) + "\n")
     plot(results, args.out / "scores.png")
     print(table(results))

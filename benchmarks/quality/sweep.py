@@ -35,17 +35,29 @@ def main() -> None:
             point.runs = suite.runs if same_as_suite else args.runs / f"lrp{lr_prompt:g}-lrl{point.lr_lowrank:g}"
             result = run_one(task, method, point)
             metric = result["main_metric"]
-            rows.append({"task": task, "method": method, "lr_prompt": lr_prompt, "lr_lowrank": lr_lowrank,
-                         "validation": result["best_validation"], "test": result["test"][metric], "metric": metric,
-                         "best_step": result["best_step"]})
-            (args.out / "sweep.json").write_text(json.dumps({"steps": args.steps, "batch_size": args.batch_size,
-                                                             "rows": rows}, indent=2))
+            rows.append(
+                {
+                    "task": task,
+                    "method": method,
+                    "lr_prompt": lr_prompt,
+                    "lr_lowrank": lr_lowrank,
+                    "validation": result["best_validation"],
+                    "test": result["test"][metric],
+                    "metric": metric,
+                    "best_step": result["best_step"],
+                }
+            )
+            (args.out / "sweep.json").write_text(
+                json.dumps({"steps": args.steps, "batch_size": args.batch_size, "rows": rows}, indent=2)
+            )
     lines = ["| task | method | lr_prompt | lr_lowrank | validation | test |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         best = max(x["validation"] for x in rows if x["task"] == r["task"] and x["method"] == r["method"])
         mark = " **(best val)**" if r["validation"] == best else ""
-        lines.append(f"| {r['task']} ({r['metric']}) | {r['method']}{mark} | {r['lr_prompt']:g} | "
-                     f"{'-' if r['lr_lowrank'] is None else format(r['lr_lowrank'], 'g')} | {r['validation']:.1f} | {r['test']:.1f} |")
+        lines.append(
+            f"| {r['task']} ({r['metric']}) | {r['method']}{mark} | {r['lr_prompt']:g} | "
+            f"{'-' if r['lr_lowrank'] is None else format(r['lr_lowrank'], 'g')} | {r['validation']:.1f} | {r['test']:.1f} |"
+        )
     (args.out / "sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
