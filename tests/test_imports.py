@@ -1,4 +1,4 @@
-"""Startup and installs: `import dept` and the CLI (`dept --help`, `dept bench --help`) load no torch,
+"""Startup and installs: `import dept` and the CLI (`dept --help`, every command's `--help`) load no torch,
 and a missing optional package names the extra that brings it."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def test_help_pages_do_not_import_torch():
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from dept.cli import app\n"
-        "for args in (['--help'], ['bench', '--help'], ['train', '--help'], ['tune', '--help']):\n"
+        "for args in (['--help'], ['bench', '--help'], ['train', '--help'], ['tune', '--help'], ['serve', '--help'],\n"
+        "             ['export-embeds', '--help']):\n"
         "    result = CliRunner().invoke(app, args)\n"
         "    assert result.exit_code == 0, result.output\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

@@ -69,7 +69,8 @@ def rank_each(
     adapter_names: Optional[Sequence[str]] = None,
 ) -> list[torch.Tensor]:
     """Per source, the log-probabilities of its own candidate strings: sources of different tasks
-    (and, through `adapter_names`, of different DePT adapters) share batches, as a server needs."""
+    (and, through `adapter_names`, of different DePT adapters) share batches, as a server needs.
+    `batch_size` counts rows, and for causal models sources (each with all its candidate rows)."""
     device = next(model.parameters()).device
     plans: dict[tuple[str, ...], tuple[dict, int]] = {}
     rows = []
@@ -82,7 +83,8 @@ def rank_each(
         adapter = adapter_names[i] if adapter_names is not None else None
         rows += [_Row(i, src, prefix, members, adapter) for prefix, members in groups.items()]
     scores = [torch.full((len(c),), float("-inf")) for c in candidate_lists]
-    for chunk in _source_chunks(rows, batch_size):
+    chunks = _source_chunks(rows, batch_size) if kind == "causal" else _chunks(rows, batch_size)
+    for chunk in chunks:
         with autocast(device, precision):
             logprobs = _prefix_logprobs(model, chunk, kind, pad_id(tokenizer), device, _decoder_start(model))
         for row, lp in zip(chunk, logprobs):
