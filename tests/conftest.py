@@ -77,6 +77,20 @@ def backbone(request):
     return tiny_llama() if request.param == "causal" else tiny_t5()
 
 
+@pytest.fixture
+def no_backbone(monkeypatch):
+    """Fail the test if a command loads a backbone: mistakes must be refused before that."""
+
+    import dept.backbones
+    import dept.train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a backbone was loaded")
+
+    monkeypatch.setattr(dept.backbones, "load_backbone", refuse)
+    monkeypatch.setattr(dept.train, "load_backbone", refuse)
+
+
 def randomize_update(dm, name: str = "default", seed: int = 1) -> None:
     """Give B non-zero values so tests see the low-rank update (B starts at zero)."""
     gen = torch.Generator().manual_seed(seed)

@@ -12,7 +12,6 @@ import pytest
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-import dept.backbones
 import dept.train
 from dept.cli import app, main
 from dept.methods import MethodOptions
@@ -96,17 +95,6 @@ def snapshot(folder):
     return {
         p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"
     }
-
-
-@pytest.fixture
-def no_backbone(monkeypatch):
-    """Fail the test if a command loads a backbone: mistakes must be refused before that."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a backbone was loaded")
-
-    monkeypatch.setattr(dept.backbones, "load_backbone", refuse)
-    monkeypatch.setattr(dept.train, "load_backbone", refuse)
 
 
 # ----- the main flows -------------------------------------------------------------------------------

@@ -8,12 +8,11 @@ import sys
 import optuna
 import pytest
 
-import dept.backbones
 import dept.train
-from dept.cli import main
 from dept.options import TuneOptions, UsageError, read_config
 from dept.train import Run
 from dept.tune import STUDY_FILE, STUDY_NAME, tune
+from test_cli import cli, one_error_line
 from test_train import options
 
 from tiny import make_tiny_llama, make_tiny_tokenizer
@@ -36,20 +35,6 @@ def search(root, out, **overrides) -> TuneOptions:
 
 def trials_json(out) -> dict:
     return json.loads((out / "trials.json").read_text())
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(code, err, *fragments):
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    assert code == 2 and lines and lines[-1].startswith("error: "), (code, err)
-    assert "Traceback" not in err and sum(line.startswith("error:") for line in lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[-1], (fragment, lines[-1])
 
 
 def tune_args(root, out, *extra):
@@ -87,17 +72,6 @@ def tune_args(root, out, *extra):
         str(out),
         *extra,
     ]
-
-
-@pytest.fixture
-def no_backbone(monkeypatch):
-    """Fail the test if a command loads a backbone: mistakes must be refused before that."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a backbone was loaded")
-
-    monkeypatch.setattr(dept.backbones, "load_backbone", refuse)
-    monkeypatch.setattr(dept.train, "load_backbone", refuse)
 
 
 def test_search_writes_best_trials_and_plot_without_scoring_test(tiny_setup, tmp_path):
@@ -166,7 +140,7 @@ def test_config_file_mistakes_are_one_line(tmp_path, capsys, no_backbone, conten
     config = tmp_path / "c.json"
     config.write_text(content if isinstance(content, str) else json.dumps(content))
     code, _, err = cli(capsys, "train", "--config", config)
-    one_error_line(code, err, str(config), *fragments)
+    one_error_line(code, err, str(config), *fragments, alone=False)
 
 
 @pytest.mark.parametrize("kill", [KeyboardInterrupt, SystemExit], ids=["interrupted", "killed"])
@@ -246,7 +220,7 @@ def test_shape_search_keeps_the_rank_budget_matched(tiny_setup, tmp_path):
 )
 def test_tune_mistakes_are_one_line(tiny_setup, tmp_path, capsys, no_backbone, extra, fragments):
     code, _, err = cli(capsys, *tune_args(tiny_setup, tmp_path / "tune", *extra))
-    one_error_line(code, err, *fragments)
+    one_error_line(code, err, *fragments, alone=False)
     assert not (tmp_path / "tune").exists()
 
 
@@ -254,4 +228,4 @@ def test_missing_optuna_names_the_extra(tiny_setup, tmp_path, capsys, monkeypatc
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now fails as if it were not installed
     monkeypatch.delitem(sys.modules, "dept.tune", raising=False)
     code, _, err = cli(capsys, *tune_args(tiny_setup, tmp_path / "tune"))
-    one_error_line(code, err, "'optuna' package", 'pip install "dept[train]"')
+    one_error_line(code, err, "'optuna' package", 'pip install "dept[train]"', alone=False)

@@ -283,6 +283,29 @@ class DePTModel(nn.Module):
 
         return hook
 
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        adapter_names: Optional[Sequence[str]] = None,
+    ):
+        """Causal LMs: the backbone on the prompted input (all of it source) with a KV cache, logits
+        of the last slot only. Returns (output, attention mask, position ids) of the prompted layout:
+        a caller continues the cache with the plain backbone (new tokens get no offsets), as a
+        server's decoding loop and shared-source rank scoring do."""
+        if self.kind != "causal":
+            raise ValueError(f"prefill() is for causal LMs; this backbone is {self.kind}.")
+        p = self.prompted_inputs(input_ids, attention_mask, None, adapter_names)
+        last = {"logits_to_keep": torch.tensor([-1], device=p.inputs_embeds.device)}  # see generate()
+        out = self.base_model(
+            inputs_embeds=p.inputs_embeds,
+            attention_mask=p.attention_mask,
+            position_ids=p.position_ids,
+            use_cache=True,
+            **(last if self._supports_logits_to_keep else {}),
+        )
+        return out, p.attention_mask, p.position_ids
+
     @torch.no_grad()
     def generate(
         self,

@@ -160,28 +160,28 @@ def _shared_source_logprobs(model, rows: Sequence[_Row], pad: int, device) -> li
     it. The same log-probabilities as one sequence per row (DePT offsets on the source only), at the
     cost of one source pass per example instead of one per row."""
     inner = getattr(model, "module", model)  # DDP
-    dept_model = hasattr(inner, "prompted_inputs")
+    dept_model = hasattr(inner, "prefill")
     backbone = inner.base_model if dept_model else inner
     base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone  # under PEFT
     cache_arg = cache_name(base)
-    keys = list(dict.fromkeys((r.example, r.adapter) for r in rows))
-    firsts = {key: next(r for r in rows if (r.example, r.adapter) == key) for key in keys}
+    firsts: dict[tuple, _Row] = {}
+    for r in rows:
+        firsts.setdefault((r.example, r.adapter), r)
+    keys = list(firsts)
     batch = pad_batch([Encoded(firsts[k].source, []) for k in keys], "causal", pad)
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     if dept_model:
         names = [k[1] for k in keys] if keys[0][1] is not None else None
-        prompted = inner.prompted_inputs(ids, mask, adapter_names=names)  # every given token is source
-        call = dict(inputs_embeds=prompted.inputs_embeds, attention_mask=prompted.attention_mask)
-        mask, positions = prompted.attention_mask, prompted.position_ids
+        out, mask, positions = inner.prefill(ids, mask, names)
     else:
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        call = dict(input_ids=ids, attention_mask=mask)
-    if "logits_to_keep" in inspect.signature(base.forward).parameters:
-        call["logits_to_keep"] = torch.tensor([-1], device=device)  # the last slot only (see DePTModel.generate)
-    out = backbone(**call, position_ids=positions, use_cache=True)
+        last = {"logits_to_keep": torch.tensor([-1], device=device)}  # the last slot only (see DePTModel.generate)
+        keep = last if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+        out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
     first = out.logits[:, -1].float().log_softmax(-1)
     longest = max(len(r.prefix) for r in rows)
-    where = torch.tensor([keys.index((r.example, r.adapter)) for r in rows], device=device)
+    slot = {key: i for i, key in enumerate(keys)}
+    where = torch.tensor([slot[(r.example, r.adapter)] for r in rows], device=device)
     if longest == 0:
         return [first[i][None] for i in where.tolist()]
     cache = out[cache_arg]

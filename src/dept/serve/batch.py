@@ -63,24 +63,12 @@ class DecodeBatch:
         """Logits of each prompt's next token (B, V), and the new rows' state (not yet joined)."""
         device = self.backbone.get_input_embeddings().weight.device
         batch = pad_batch([Encoded(list(p), []) for p in prompts], "causal", self.pad_id)
-        p = self.model.prompted_inputs(
-            batch["input_ids"].to(device), batch["attention_mask"].to(device), adapter_names=list(adapter_names)
-        )
-        out = self.backbone(
-            inputs_embeds=p.inputs_embeds,
-            attention_mask=p.attention_mask,
-            position_ids=p.position_ids,
-            use_cache=True,
-            **self._last_slot(device),
+        out, mask, positions = self.model.prefill(
+            batch["input_ids"].to(device), batch["attention_mask"].to(device), list(adapter_names)
         )
         cache = out[self.cache_name]
         self.joinable = all(type(layer) is DynamicLayer for layer in cache.layers)
-        return out.logits[:, -1], Rows(cache, p.attention_mask, p.position_ids[:, -1] + 1)
-
-    def _last_slot(self, device) -> dict:
-        if self.model._supports_logits_to_keep:  # an index tensor: see DePTModel.generate
-            return {"logits_to_keep": torch.tensor([-1], device=device)}
-        return {}
+        return out.logits[:, -1], Rows(cache, mask, positions[:, -1] + 1)
 
     def join(self, new: Rows) -> None:
         """Append rows after the running ones (their order is the order of `prefill`'s prompts)."""
