@@ -16,25 +16,16 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).parent
 
 
 def embedding_rms(name: str) -> dict:
     from dept import load_backbone
+    from dept.rates import embedding_rms as rms
 
     model, _ = load_backbone(name)
-    layer = model.get_input_embeddings()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, layer.weight.shape[0], 8192):
-            ids = torch.arange(start, min(start + 8192, layer.weight.shape[0]))
-            rows = layer(ids).float()
-            total += float((rows**2).sum())
-            count += rows.numel()
-    return {"backbone": name, "hidden_size": layer.weight.shape[1], "vocab_size": layer.weight.shape[0],
-            "embedding_rms": (total / count) ** 0.5}  # fmt: skip
+    vocab, hidden = model.get_input_embeddings().weight.shape
+    return {"backbone": name, "hidden_size": hidden, "vocab_size": vocab, "embedding_rms": rms(model)}
 
 
 def official_prompt_rms(folder: Path) -> list[dict]:

@@ -1,10 +1,21 @@
-"""Quality benchmark: zero-shot, PT (l=100), DePT (m=60, budget-matched rank) and LoRA (r=8) on
-SmolLM2-135M for GLUE SST-2, RTE, CoLA and STS-B, one fixed step budget for every run.
+"""Quality suite: zero-shot, PT (l=100), DePT (m=60, budget-matched rank) and LoRA (r=8) on
+SmolLM2-135M for GLUE SST-2, RTE, CoLA and STS-B, each method at its own tuned learning rates.
 
-Each run is a separate `dept train` process (so its peak memory is its own) writing into
-OUT/<task>/<method>; finished runs are skipped, so the suite resumes after an interruption.
+Per task and method: `dept tune` searches the method's rates on the validation split (the same
+number of trials and steps for every method), then `dept train --config best.json` trains the
+final runs, one per seed, and scores the whole test split. Zero-shot comes from PT's seed-0 run
+(scored before its first step). Two more sets answer two questions on SST-2:
+- `defaults`: DePT with no learning-rate flags (the backbone-scaled defaults) against DePT tuned
+  at the same short budget (150 steps), 3 seeds each;
+- `curves`: PT and DePT at their tuned rates trained several times longer, validated often, to
+  show whether the ordering changes with training length.
 
-    .venv/bin/python benchmarks/quality/run.py --data-dir ../shared/data
+Every step is a separate `dept` process writing into RUNS/...; finished steps are skipped, and a
+killed search resumes, so rerunning the command continues the suite. `--jobs N` runs N chains at
+once (useful on a GPU, where one small run leaves the device mostly idle; keep 1 on CPU).
+
+    .venv/bin/python benchmarks/quality/run.py --data-dir ../shared/data [--jobs 8]
+    .venv/bin/python benchmarks/quality/run.py --report-only   # tables and plots from RUNS
 """
 
 from __future__ import annotations
@@ -12,163 +23,392 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).parent
 TASKS = ["glue/sst2", "glue/rte", "glue/cola", "glue/stsb"]
 METHODS = {
-    "pt": ["--method", "pt", "--budget", "100", "--zero-shot"],
+    "pt": ["--method", "pt", "--budget", "100"],
     "dept": ["--method", "dept", "--budget", "100", "--prompt-length", "60"],
     "lora": ["--method", "lora", "--lora-rank", "8"],
 }
 LABELS = {"zero-shot": "zero-shot", "pt": "PT (l=100)", "dept": "DePT (m=60)", "lora": "LoRA (r=8)"}
+CURVE_TASK = "glue/sst2"
+LATER: list = []  # futures of the running pool, the learning curves included
 
 
-def run_one(task: str, method: str, args) -> dict:
-    folder = args.runs / task.replace("/", "-") / method
-    done = folder / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    cmd = [
-        sys.executable,
-        "-m",
-        "dept.cli",
-        "train",
-        "--task",
-        task,
-        "--model",
-        args.model,
-        "--data-dir",
-        str(args.data_dir),
-        "--max-steps",
-        str(args.steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--eval-every",
-        str(args.steps // 2),
-        "--eval-samples",
-        str(args.eval_samples),
-        "--test-samples",
-        str(args.test_samples),
-        "--lr-prompt",
-        str(args.lr_prompt),
-        "--lr-lowrank",
-        str(args.lr_lowrank),
-        "--lr",
-        str(args.lr_lora),
-        "--max-length",
-        "256",
-        "--output-dir",
-        str(folder),
-        *METHODS[method],
-    ]
+def dept(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dept.cli", *args]
+
+
+def step(folder: Path, done, cmd: list[str]) -> None:
+    """Run `cmd` unless `done(folder)` says it ran; its output goes to folder/log.txt."""
+    if done(folder):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    print(f"[{time.strftime('%H:%M:%S')}] {task} {method}", flush=True)
-    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL if not args.verbose else None)
-    print(f"    done in {time.time() - started:.0f} s", flush=True)
-    return json.loads(done.read_text())
+    print(f"[{time.strftime('%H:%M:%S')}] start {folder.relative_to(ARGS.runs)}", flush=True)
+    with open(folder / "log.txt", "a") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    status = "done" if code == 0 else f"FAILED ({code}), see {folder / 'log.txt'}"
+    print(f"[{time.strftime('%H:%M:%S')}] {status} {folder.relative_to(ARGS.runs)} in {time.time() - started:.0f} s")
 
 
-def table(results: dict) -> str:
+def finished(folder: Path) -> bool:
+    """A training run wrote its results."""
+    return (folder / "results.json").is_file()
+
+
+def searched(folder: Path) -> bool:
+    """A search finished all its trials (best.json is rewritten after every trial, so it is no sign)."""
+    trials = read(folder / "trials.json")
+    return trials is not None and trials["finished"] >= ARGS.trials
+
+
+def common(task: str, steps: int) -> list[str]:
+    return [
+        "--task", task, "--model", ARGS.model, "--data-dir", str(ARGS.data_dir),
+        "--max-steps", str(steps), "--batch-size", str(ARGS.batch_size),
+        "--eval-every", str(max(1, steps // 4)), "--max-length", "256",
+    ]  # fmt: skip
+
+
+def tuned_chain(task: str, method: str, steps: int, seeds: int, folder: Path, *, zero_shot: bool = False):
+    """Tune the rates on validation, then one final run per seed at the best ones."""
+    tune = folder / "tune"
+    step(
+        tune,
+        searched,
+        dept("tune", *common(task, steps), *METHODS[method], "--trials", str(ARGS.trials), "--seed", "0",
+             "--output-dir", str(tune)),
+    )  # fmt: skip
+    if not (tune / "best.json").is_file():
+        return
+    if folder.parent.name == CURVE_TASK.replace("/", "-") and folder.parent.parent.name == "suite" and method != "lora":
+        LATER.append(POOL.submit(curve_chain, method, tune / "best.json"))
+    for seed in range(seeds):
+        extra = ["--zero-shot"] if zero_shot and seed == 0 else []
+        step(
+            folder / f"seed-{seed}",
+            finished,
+            dept("train", "--resume", "--config", str(tune / "best.json"), "--seed", str(seed), "--eval-every",
+                 str(max(1, steps // ARGS.curve_points)), "--output-dir", str(folder / f"seed-{seed}"), *extra),
+        )  # fmt: skip
+
+
+def default_chain(task: str, steps: int, seeds: int, folder: Path):
+    """DePT with no learning-rate flags: the rates come from the backbone (dept.rates)."""
+    for seed in range(seeds):
+        step(
+            folder / f"seed-{seed}",
+            finished,
+            dept("train", "--resume", *common(task, steps), *METHODS["dept"], "--seed", str(seed),
+                 "--output-dir", str(folder / f"seed-{seed}")),
+        )  # fmt: skip
+
+
+def curve_chain(method: str, best: Path):
+    """A longer run at the rates tuned for the suite's budget, validated often."""
+    folder = ARGS.runs / "curves" / CURVE_TASK.replace("/", "-") / method
+    steps = ARGS.steps * ARGS.curve_factor
+    step(
+        folder,
+        finished,
+        dept("train", "--resume", "--config", str(best), "--max-steps", str(steps), "--eval-every",
+             str(steps // (ARGS.curve_points * ARGS.curve_factor // 2)), "--seed", "0", "--output-dir", str(folder)),
+    )  # fmt: skip
+
+
+def chains() -> list:
+    """Every chain of steps; the learning curves are queued once their rates are tuned."""
+    runs = ARGS.runs
+    todo = []
+    for task in ARGS.tasks:
+        for method in ARGS.methods:
+            seeds = ARGS.seeds if method in ("pt", "dept") else 1
+            folder = runs / "suite" / task.replace("/", "-") / method
+            todo.append(
+                lambda t=task, m=method, s=seeds, f=folder: tuned_chain(t, m, ARGS.steps, s, f, zero_shot=m == "pt")
+            )
+    if CURVE_TASK in ARGS.tasks:
+        short = runs / "defaults" / CURVE_TASK.replace("/", "-")
+        todo.append(lambda: tuned_chain(CURVE_TASK, "dept", ARGS.default_steps, ARGS.seeds, short / "tuned"))
+        todo.append(lambda: default_chain(CURVE_TASK, ARGS.default_steps, ARGS.seeds, short / "default"))
+    return todo
+
+
+# ----- report ---------------------------------------------------------------------------------------------------
+
+
+def read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def row(task: str, method: str, seed, r: dict, score: str = "test") -> dict:
+    metric = r["main_metric"]
+    return {
+        "task": task, "method": method, "seed": seed,
+        "lr_prompt": r.get("lr_prompt"), "lr_lowrank": r.get("lr_lowrank"), "lr": r.get("lr"),
+        "steps": r["steps"], "metric": metric,
+        "validation": r["validation"][metric] if score == "test" else r.get("zero_shot_validation", {}).get(metric),
+        "test": r["test"][metric] if score == "test" else r.get("zero_shot_test", {}).get(metric),
+        "train_seconds": r["train_seconds"] if score == "test" else 0.0,
+        "peak_mb": r["peak_memory_mb"] if score == "test" else None,
+        "trainable_parameters": r["trainable_parameters"] if score == "test" else 0,
+        "precision": r.get("precision"),
+    }  # fmt: skip
+
+
+def collect() -> dict:
+    rows, defaults, curves, tuning = [], [], {}, {}
+    for task in ARGS.tasks:
+        for method in ARGS.methods:
+            folder = ARGS.runs / "suite" / task.replace("/", "-") / method
+            trials = read(folder / "tune" / "trials.json")
+            if trials:
+                tuning[f"{task} {method}"] = {
+                    "finished": trials["finished"], "pruned": trials["pruned"],
+                    "best": trials["best"] and {"validation": trials["best"]["value"], **trials["best"]["params"]},
+                }  # fmt: skip
+            for seed_dir in sorted(folder.glob("seed-*")):
+                r = read(seed_dir / "results.json")
+                if r is None:
+                    continue
+                seed = int(seed_dir.name.split("-")[1])
+                rows.append(row(task, method, seed, r))
+                if method == "pt" and "zero_shot_test" in r:
+                    rows.append(row(task, "zero-shot", None, r, score="zero-shot"))
+    short = ARGS.runs / "defaults" / CURVE_TASK.replace("/", "-")
+    for kind in ("default", "tuned"):
+        for seed_dir in sorted((short / kind).glob("seed-*")):
+            r = read(seed_dir / "results.json")
+            if r is not None:
+                defaults.append(row(CURVE_TASK, f"dept-{kind}", int(seed_dir.name.split("-")[1]), r))
+    for method in ("pt", "dept"):
+        log = ARGS.runs / "curves" / CURVE_TASK.replace("/", "-") / method / "metrics.jsonl"
+        if log.is_file():
+            points = [json.loads(line) for line in log.read_text().splitlines()]
+            curves[method] = [
+                {"examples": p["step"] * ARGS.batch_size, "validation": p["val_accuracy"]}
+                for p in points
+                if "val_accuracy" in p
+            ]
+    return {"rows": rows, "defaults": defaults, "curves": curves, "tuning": tuning}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+def cell(rows: list[dict], task: str, method: str, key: str) -> list[float]:
+    return [r[key] for r in rows if r["task"] == task and r["method"] == method and r[key] is not None]
+
+
+def markdown(data: dict, settings: dict) -> str:
+    rows = data["rows"]
+    methods = ["zero-shot", *ARGS.methods]
     lines = [
-        "| task (metric) | method | test | validation | trainable params | train time (s) | peak RSS (MB) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "# Quality: zero-shot, PT, DePT and LoRA on SmolLM2-135M, each at its own tuned learning rates",
+        "",
+        f"Machine: {settings['machine']}; precision {settings['precision']}. Every method's rates were tuned on the "
+        f"validation split with `dept tune` ({ARGS.trials} trials, TPE + median pruning, seed 0, {ARGS.steps} steps "
+        f"x batch {ARGS.batch_size}); the final runs use the best rates with seeds 0-{ARGS.seeds - 1} (PT, DePT) or "
+        "seed 0 (LoRA) and score the whole test split (`--split-rule paper`). Test score, mean ± std over seeds:",
+        "",
+        "| task (metric) | " + " | ".join(LABELS[m] for m in methods) + " |",
+        "|---|" + "---:|" * len(methods),
     ]
-    for task, runs in results.items():
-        metric = next(iter(runs.values()))["main_metric"]
-        pt = runs.get("pt", {})
-        if "zero_shot_test" in pt:
+    for task in ARGS.tasks:
+        metric = next((f" ({r['metric']})" for r in rows if r["task"] == task), "")
+        lines.append(f"| {task}{metric} | " + " | ".join(fmt(cell(rows, task, m, "test")) for m in methods) + " |")
+    averages = {m: [statistics.fmean(cell(rows, t, m, "test")) for t in ARGS.tasks if cell(rows, t, m, "test")]
+                for m in methods}  # fmt: skip
+    lines.append(
+        "| **average of the task means** | "
+        + " | ".join(f"{statistics.fmean(v):.1f}" if len(v) == len(ARGS.tasks) else "-" for v in averages.values())
+        + " |"
+    )
+    lines += ["", "Per seed, DePT minus PT on the average over tasks (seed k against seed k):", ""]
+    seeds = sorted({r["seed"] for r in rows if r["method"] == "dept"})
+    gaps = []
+    for seed in seeds:
+        per_task = [
+            (d[0] - p[0])
+            for t in ARGS.tasks
+            for d, p in [
+                (
+                    [r["test"] for r in rows if (r["task"], r["method"], r["seed"]) == (t, "dept", seed)],
+                    [r["test"] for r in rows if (r["task"], r["method"], r["seed"]) == (t, "pt", seed)],
+                )
+            ]
+            if d and p
+        ]
+        if len(per_task) == len(ARGS.tasks):
+            gaps.append(statistics.fmean(per_task))
+    lines.append(f"DePT − PT = {fmt(gaps)} points over {len(gaps)} seeds." if gaps else "(not all seeds finished)")
+    lines += [
+        "",
+        "Validation (the split the rates were chosen on), training time per run and peak GPU/CPU memory:",
+        "",
+        "| task | method | validation | train s/run | peak MB | trainable params | tuned rates |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for task in ARGS.tasks:
+        for method in ARGS.methods:
+            sel = [r for r in rows if r["task"] == task and r["method"] == method]
+            if not sel:
+                continue
+            rates = ", ".join(f"{k}={sel[0][k]:.3g}" for k in ("lr_prompt", "lr_lowrank", "lr") if sel[0][k])
             lines.append(
-                f"| {task} ({metric}) | zero-shot | {pt['zero_shot_test'][metric]:.1f} | "
-                f"{pt['zero_shot_validation'][metric]:.1f} | 0 | - | - |"
+                f"| {task} | {LABELS[method]} | {fmt([r['validation'] for r in sel])} | "
+                f"{fmt([r['train_seconds'] for r in sel])} | {fmt([r['peak_mb'] for r in sel])} | "
+                f"{sel[0]['trainable_parameters']:,} | {rates} |"
             )
-        for method, r in runs.items():
-            lines.append(
-                f"| {task} ({metric}) | {LABELS[method]} | {r['test'][metric]:.1f} | {r['validation'][metric]:.1f} | "
-                f"{r['trainable_parameters']:,} | {r['train_seconds']:.0f} | {r['peak_memory_mb']:.0f} |"
-            )
-    return "\n".join(lines)
+    if data["tuning"]:
+        lines += [
+            "",
+            f"The searches (`dept tune`, {ARGS.trials} trials wanted each; pruned and diverged trials count as finished):",
+            "",
+            "| search | finished | pruned or diverged | best validation | best rates |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for name, t in data["tuning"].items():
+            best = t["best"] or {}
+            rates = ", ".join(f"{k}={v:.3g}" for k, v in best.items() if k != "validation")
+            value = f"{best['validation']:.1f}" if best else "none completed"
+            lines.append(f"| {name} | {t['finished']} | {t['pruned']} | {value} | {rates} |")
+    if data["defaults"]:
+        d = data["defaults"]
+        lines += [
+            "",
+            f"Defaults against tuning, {CURVE_TASK}, DePT, {ARGS.default_steps} steps x batch {ARGS.batch_size}:",
+            "",
+            "| DePT rates | test | validation | rates |",
+            "|---|---:|---:|---|",
+        ]
+        for kind, label in (("dept-default", "no rate flags (backbone-scaled defaults)"), ("dept-tuned", "tuned")):
+            sel = [r for r in d if r["method"] == kind]
+            if sel:
+                rates = f"lr_prompt={sel[0]['lr_prompt']:.3g}, lr_lowrank={sel[0]['lr_lowrank']:.3g}"
+                lines.append(
+                    f"| {label} | {fmt([r['test'] for r in sel])} | {fmt([r['validation'] for r in sel])} | {rates} |"
+                )
+    return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> None:
-    methods = ["zero-shot", *METHODS]
+def plots(data: dict, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, methods = data["rows"], ["zero-shot", *ARGS.methods]
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        scores = []
-        for runs in results.values():
-            metric = next(iter(runs.values()))["main_metric"]
-            if method == "zero-shot":
-                scores.append(runs.get("pt", {}).get("zero_shot_test", {}).get(metric, 0.0))
-            else:
-                scores.append(runs.get(method, {}).get("test", {}).get(metric, 0.0))
-        ax.bar([t + i * width for t in range(len(results))], scores, width, label=LABELS[method])
-    ax.set_xticks([t + 0.4 - width / 2 for t in range(len(results))])
-    ax.set_xticklabels([f"{t}\n({next(iter(r.values()))['main_metric']})" for t, r in results.items()])
+        stats = [
+            mean_std(cell(rows, t, method, "test")) if cell(rows, t, method, "test") else (0, 0) for t in ARGS.tasks
+        ]
+        ax.bar([t + i * width for t in range(len(ARGS.tasks))], [s[0] for s in stats], width,
+               yerr=[s[1] for s in stats], capsize=3, label=LABELS[method])  # fmt: skip
+    ax.set_xticks([t + 0.4 - width / 2 for t in range(len(ARGS.tasks))])
+    ax.set_xticklabels(ARGS.tasks)
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.set_ylabel("test score")
-    ax.set_title("SmolLM2-135M, equal step budget per task")
+    ax.set_ylabel("test score (mean ± std over seeds)")
+    ax.set_title("SmolLM2-135M, each method at its own tuned learning rates")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(folder / "scores.png", dpi=120)
     plt.close(fig)
+    if data["curves"]:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for method, points in data["curves"].items():
+            ax.plot(
+                [p["examples"] for p in points], [p["validation"] for p in points], marker=".", label=LABELS[method]
+            )
+        ax.set_xlabel("training examples seen")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title(f"{CURVE_TASK}: PT and DePT at their tuned rates, trained longer")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "curves.png", dpi=120)
+        plt.close(fig)
 
 
-REPO = Path(__file__).resolve().parents[2]
+def machine() -> dict:
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"machine": gpu or f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores",
+            "precision": "bf16 (backbone stored in bf16)" if gpu else "fp32", "torch": torch.__version__}  # fmt: skip
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """The suite's settings; sweep.py reuses them so a sweep differs only in what it varies."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("DEPT_DATA_DIR", REPO.parent / "shared" / "data"))
-    )
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality")
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "quality", help="Checkpoints (not committed).")
+def report() -> None:
+    data = collect()
+    # --report-only re-renders runs measured elsewhere: keep the machine they were measured on.
+    earlier = read(ARGS.out / "results.json") if ARGS.report_only else None
+    settings = {
+        **(machine() if earlier is None else {k: earlier["settings"][k] for k in ("machine", "precision", "torch")}),
+        **{k: v for k, v in vars(ARGS).items() if k not in ("data_dir", "runs", "out", "report_only", "jobs")},
+    }
+    ARGS.out.mkdir(parents=True, exist_ok=True)
+    (ARGS.out / "results.json").write_text(json.dumps({"settings": settings, **data}, indent=2) + "\n")
+    (ARGS.out / "results.md").write_text(markdown(data, settings))
+    plots(data, ARGS.out)
+    print(markdown(data, settings))
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default_data = Path(os.environ.get("DEPT_DATA_DIR", REPO.parent / "shared" / "data"))
+    parser.add_argument("--data-dir", type=Path, default=default_data)
+    parser.add_argument("--out", type=Path, default=HERE, help="Where results.{json,md} and the plots go.")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "quality", help="Run folders (not committed).")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=400, help="Steps of every tuning trial and final run.")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--eval-samples", type=int, default=200)
-    parser.add_argument("--test-samples", type=int, default=500)
-    parser.add_argument("--lr-prompt", type=float, default=3e-2)
-    parser.add_argument("--lr-lowrank", type=float, default=1e-3)
-    parser.add_argument("--lr-lora", type=float, default=5e-4)
-    parser.add_argument("--verbose", action="store_true")
-    return parser
+    parser.add_argument("--trials", type=int, default=8, help="dept tune trials per task and method.")
+    parser.add_argument("--seeds", type=int, default=3, help="Final runs per task for PT and DePT.")
+    parser.add_argument("--default-steps", type=int, default=150, help="Budget of the defaults-vs-tuned check.")
+    parser.add_argument("--curve-factor", type=int, default=4, help="The learning curves run this many x --steps.")
+    parser.add_argument("--curve-points", type=int, default=8, help="Validations per run of --steps.")
+    parser.add_argument("--jobs", type=int, default=1, help="Chains run at once (a GPU takes several).")
+    parser.add_argument("--report-only", action="store_true")
+    return parser.parse_args()
 
 
 def main() -> None:
-    args = parser(__doc__.split("\n\n")[0]).parse_args()
-    if not args.data_dir.is_dir():
-        sys.exit(f"GLUE data not found at {args.data_dir}; pass --data-dir or set DEPT_DATA_DIR.")
-    args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {}
-    for task in args.tasks:
-        for method in args.methods:
-            results.setdefault(task, {})[method] = run_one(task, method, args)
-            (args.out / "results.json").write_text(
-                json.dumps(
-                    {
-                        "settings": vars(args)
-                        | {"data_dir": "../shared/data", "out": "benchmarks/quality", "runs": "runs/quality"},
-                        "results": results,
-                    },
-                    indent=2,
-                    default=str,
-                )
-            )
-    (args.out / "results.md").write_text(table(results) + "\n")
-    plot(results, args.out / "scores.png")
-    print(table(results))
+    global ARGS
+    ARGS = parse()
+    ARGS.runs = ARGS.runs.resolve()
+    if not ARGS.report_only:
+        if not ARGS.data_dir.is_dir():
+            sys.exit(f"GLUE data not found at {ARGS.data_dir}; pass --data-dir or set DEPT_DATA_DIR.")
+        if ARGS.jobs > 1:  # N processes share the machine's cores
+            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ARGS.jobs)))
+        global POOL
+        with ThreadPoolExecutor(ARGS.jobs) as POOL:
+            LATER.extend(POOL.submit(chain) for chain in chains())
+            while LATER:
+                LATER.pop(0).result()
+    report()
 
 
 if __name__ == "__main__":

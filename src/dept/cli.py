@@ -42,7 +42,7 @@ logger = logging.getLogger("dept.cli")
 # Defaults live in the dataclasses, once; the options below read them from there.
 M, T, TU = MethodOptions, TrainOptions, TuneOptions
 # The main job: DePT on SmolLM2-135M for TrainOptions' default task (GLUE STS-B, offline package); a few minutes on 2 CPU cores.
-MAIN_JOB = dict(max_steps=120, batch_size=8, eval_every=60, eval_samples=200, test_samples=200, output_dir="runs/main")
+MAIN_JOB = dict(max_steps=80, batch_size=8, eval_every=80, eval_samples=100, test_samples=100, output_dir="runs/main")
 # Errors a user can cause and fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
 # click's base class for command-line mistakes (typer may vendor click, so found through typer's own BadParameter).
@@ -82,8 +82,12 @@ def train(
     prompt_length: int = typer.Option(M.prompt_length, help="DePT prompt length m."),
     rank: Optional[int] = typer.Option(M.rank, help="DePT rank r (default: budget-matched)."),
     max_length: int = typer.Option(M.max_length, help="Longest input s (tokens); longer sources are truncated."),
-    lr_prompt: float = typer.Option(M.lr_prompt, help="Learning rate of the soft prompt."),
-    lr_lowrank: float = typer.Option(M.lr_lowrank, help="Learning rate of the low-rank pair A, B."),
+    lr_prompt: Optional[float] = typer.Option(
+        M.lr_prompt, help="Learning rate of the soft prompt (default: 6 x the RMS of the backbone's input embeddings)."
+    ),
+    lr_lowrank: Optional[float] = typer.Option(
+        M.lr_lowrank, help="Learning rate of the low-rank pair A, B (default: 7.5e-5 x the embeddings' RMS)."
+    ),
     lr: float = typer.Option(M.lr, help="Learning rate for --method lora/full."),
     lora_rank: int = typer.Option(M.lora_rank),
     warmup_steps: Optional[int] = typer.Option(T.warmup_steps, help="Default min(500, max_steps/10)."),

@@ -63,8 +63,8 @@ class MethodOptions:
     rank: Optional[int] = None
     max_length: int = 256
     lora_rank: int = 8
-    lr_prompt: float = 3e-2
-    lr_lowrank: float = 1e-3
+    lr_prompt: Optional[float] = None  # None: scaled to the backbone's embeddings (dept.rates)
+    lr_lowrank: Optional[float] = None
     lr: float = 5e-4  # LoRA and full fine-tuning
     init_from: Optional[str] = None
     reset_lowrank_b: bool = False
@@ -95,7 +95,8 @@ class MethodOptions:
                 "choose --prompt-length <= --budget (or set --rank)."
             )
         for flag, value in (("--lr-prompt", self.lr_prompt), ("--lr-lowrank", self.lr_lowrank), ("--lr", self.lr)):
-            check_learning_rate(flag, value)
+            if value is not None:
+                check_learning_rate(flag, value)
         if self.init_from is not None and not Path(self.init_from).is_dir():
             raise UsageError(f"--init-from {self.init_from} is not a folder; give an adapter folder such as RUN/best.")
 

@@ -47,6 +47,8 @@ RESUME_MUST_MATCH = (
     "method.prompt_init",
 )
 RESUME_IGNORED = ("resume", "overwrite", "output_dir")
+# Options that, left unset, take a value from the backbone; run.json holds that value.
+BACKBONE_DEFAULTS = ("method.lr_prompt", "method.lr_lowrank")
 
 
 def atomic_dir(target: Path, write) -> None:
@@ -141,7 +143,11 @@ def _check_resume(out: Path, opts: TrainOptions) -> None:
     except (json.JSONDecodeError, AttributeError) as err:
         raise UsageError(f"{out / RUN_FILE} is unreadable ({err}); --overwrite starts the run afresh.") from None
     new = _flat(json.loads(json.dumps(jsonable(opts))))
-    changed = {k: (stored[k], v) for k, v in new.items() if k in stored and stored[k] != v and k not in RESUME_IGNORED}
+    changed = {
+        k: (stored[k], v)
+        for k, v in new.items()
+        if k in stored and stored[k] != v and k not in RESUME_IGNORED and not (k in BACKBONE_DEFAULTS and v is None)
+    }
     clashes = [f"{k} {old!r} -> {value!r}" for k, (old, value) in changed.items() if k in RESUME_MUST_MATCH]
     if clashes:
         raise UsageError(

@@ -15,6 +15,7 @@ already holds a run unless told to --resume (same task, method, model and adapte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import resource
@@ -34,6 +35,7 @@ from dept.loss import label_count, lm_loss
 from dept.optim import create_scheduler
 from dept.options import MethodOptions, TrainOptions, UsageError
 from dept.precision import autocast, resolve_precision
+from dept.rates import with_default_rates
 from dept.scoring import evaluate
 
 with requires("train"):
@@ -86,6 +88,11 @@ class Run:
         self.precision = resolve_precision(opts.precision)
         # Autocast is ours (dept.precision.autocast), so runs of different precision can share a process.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        if torch.cuda.is_available():
+            # cuDNN's attention backward gives NaN gradients for a masked batch whose length is 64 mod 128
+            # (H100/H200, torch >= 2.11; pytorch/pytorch#196678): on an H100 every RTE and STS-B run went NaN
+            # at the same step, whatever its rates. The other attention kernels are exact on those batches.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.lock: Optional[rundir.FolderLock] = None
         try:
             self._claim_output()
@@ -126,7 +133,8 @@ class Run:
         for name, split in (("train", self.train_set), ("validation", self.val_set)):
             if not split:
                 raise UsageError(f"The {name} split of {opts.task} is empty; check the data source.")
-        self.backbone, self.tokenizer = load_backbone(opts.model)
+        self.backbone, self.tokenizer = load_backbone(opts.model, dtype=backbone_dtype(self.precision, opts.method))
+        self.opts = opts = dataclasses.replace(opts, method=with_default_rates(opts.method, self.backbone))
         self.kind = model_kind(self.backbone)
         self.model = methods.build(opts.method, self.backbone, self.tokenizer, self.kind)
         if opts.gradient_checkpointing:
@@ -271,6 +279,16 @@ class Run:
             group["initial_lr"] = self.scheduler.base_lrs[i] = rates[group["name"]]
             group["lr"] = rates[group["name"]] * self.scheduler.lr_lambdas[i](self.scheduler.last_epoch)
 
+    def _rates(self) -> dict[str, Optional[float]]:
+        """The learning rates this run trained with (None for the ones its method has no use for)."""
+        m = self.opts.method
+        prompt = m.method in ("dept", "pt")
+        return {
+            "lr_prompt": m.lr_prompt if prompt else None,
+            "lr_lowrank": m.lr_lowrank if m.method == "dept" else None,
+            "lr": None if prompt else m.lr,
+        }
+
     def _eval_and_select(self) -> dict:
         self._check_finite()
         metrics = {}
@@ -412,6 +430,7 @@ class Run:
                 "best_validation": self.state["best"],
                 "best_step": self.state["best_step"],
                 "precision": self.precision,
+                **self._rates(),
                 "scoring": self.opts.scoring,
                 "processes": self.accelerator.num_processes,
             }
@@ -429,6 +448,13 @@ class Run:
             training_curve(self.out / "metrics.jsonl", self.out / "training_curve.png", self.task.main_metric)
         self.accelerator.wait_for_everyone()
         return results
+
+
+def backbone_dtype(precision: str, method: MethodOptions) -> torch.dtype:
+    """bf16 runs keep a frozen backbone in bf16: autocast would cast its weights to bf16 for every matmul
+    anyway, and the fp32 copy costs memory and a cast per step. Full fine-tuning trains those weights,
+    so they stay fp32 (Adam's small updates vanish in bf16)."""
+    return torch.bfloat16 if precision == "bf16" and method.method != "full" else torch.float32
 
 
 def train(opts: TrainOptions, on_eval: Optional[Callable[[int, float], None]] = None) -> dict:

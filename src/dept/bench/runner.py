@@ -67,7 +67,9 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             logger.warning("Skipping %s: %s", workload.key, err)
             results["notes"].append(f"{workload.key} skipped: {type(err).__name__}: {str(err).splitlines()[0]}")
         release_memory(workload.device)
-    write_report(results, Path(opts.output_dir), targets)
+        write_report(results, Path(opts.output_dir), targets)  # after each workload: a killed run keeps them
+    if not workloads:
+        write_report(results, Path(opts.output_dir), targets)
     return results
 
 

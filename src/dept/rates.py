@@ -1,0 +1,54 @@
+"""Default learning rates of the soft prompt and the low-rank pair, scaled to the backbone.
+
+With Adam a parameter moves about `lr` per step whatever the size of its gradient, so a rate is
+only meaningful relative to the scale of what it changes. The prompt P lives among the token
+embeddings and the offsets (α/√r)·A·B are added to them, so both defaults are proportional to the
+RMS of the backbone's input embeddings (what the embedding layer outputs, multipliers such as
+Gemma's √d included): 0.136 on SmolLM2-135M, 1.03 on Gemma-3-270m.
+
+The constants are the best rates `dept tune` found for DePT on SmolLM2-135M, SST-2, 150 steps of
+batch 8 (8 trials on validation; benchmarks/quality/h100): 0.84 and 9.9e-6, i.e. 6.2x and 7.3e-5x
+the RMS. They are for budgets of a few hundred steps, which is what `dept train` runs by default;
+the best rates move with the budget (at 400 steps the search preferred a smaller prompt rate and a
+larger low-rank one), and the official T5 runs (30k steps) use 0.3 and 1e-4. For long runs, tune.
+LoRA's and full fine-tuning's rate does not depend on the embedding scale and keeps its constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from dept.options import MethodOptions
+
+PROMPT_RATE_PER_RMS = 6.0  # lr_prompt = 6 x RMS(E): 0.81 on SmolLM2-135M
+LOWRANK_RATE_PER_RMS = 7.5e-5  # lr_lowrank = 7.5e-5 x RMS(E): 1.0e-5 on SmolLM2-135M
+
+
+@torch.no_grad()
+def embedding_rms(model: nn.Module, chunk: int = 8192) -> float:
+    """RMS of the input embedding layer's output over the whole vocabulary."""
+    layer = model.get_input_embeddings()
+    vocab = layer.weight.shape[0]
+    total, count = 0.0, 0
+    for start in range(0, vocab, chunk):
+        ids = torch.arange(start, min(start + chunk, vocab), device=layer.weight.device)
+        rows = layer(ids).float()
+        total += float((rows**2).sum())
+        count += rows.numel()
+    return (total / count) ** 0.5
+
+
+def default_rates(rms: float) -> dict[str, float]:
+    return {"lr_prompt": PROMPT_RATE_PER_RMS * rms, "lr_lowrank": LOWRANK_RATE_PER_RMS * rms}
+
+
+def with_default_rates(opts: MethodOptions, backbone: nn.Module) -> MethodOptions:
+    """`opts` with each rate the user left unset (None) filled in from the backbone's embedding scale."""
+    missing = [name for name in ("lr_prompt", "lr_lowrank") if getattr(opts, name) is None]
+    if not missing:
+        return opts
+    defaults = default_rates(embedding_rms(backbone))
+    return dataclasses.replace(opts, **{name: float(f"{defaults[name]:.3g}") for name in missing})
