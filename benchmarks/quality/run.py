@@ -79,8 +79,8 @@ def common(task: str, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
-def tuned_chain(task: str, method: str, steps: int, seeds: int, folder: Path, *, zero_shot: bool = False):
-    """Tune the rates on validation, then one final run per seed at the best ones."""
+def tuned_chain(task: str, method: str, steps: int, seeds: int, folder: Path, *, zero_shot=False, curve=False):
+    """Tune the rates on validation, then one final run per seed at the best ones (and queue a learning curve)."""
     tune = folder / "tune"
     step(
         tune,
@@ -90,7 +90,7 @@ def tuned_chain(task: str, method: str, steps: int, seeds: int, folder: Path, *,
     )  # fmt: skip
     if not (tune / "best.json").is_file():
         return
-    if folder.parent.name == CURVE_TASK.replace("/", "-") and folder.parent.parent.name == "suite" and method != "lora":
+    if curve:
         LATER.append(POOL.submit(curve_chain, method, tune / "best.json"))
     for seed in range(seeds):
         extra = ["--zero-shot"] if zero_shot and seed == 0 else []
@@ -133,8 +133,11 @@ def chains() -> list:
         for method in ARGS.methods:
             seeds = ARGS.seeds if method in ("pt", "dept") else 1
             folder = runs / "suite" / task.replace("/", "-") / method
+            curve = task == CURVE_TASK and method != "lora"
             todo.append(
-                lambda t=task, m=method, s=seeds, f=folder: tuned_chain(t, m, ARGS.steps, s, f, zero_shot=m == "pt")
+                lambda t=task, m=method, s=seeds, f=folder, c=curve: tuned_chain(
+                    t, m, ARGS.steps, s, f, zero_shot=m == "pt", curve=c
+                )
             )
     if CURVE_TASK in ARGS.tasks:
         short = runs / "defaults" / CURVE_TASK.replace("/", "-")
