@@ -43,3 +43,14 @@ def autocast(device: Any, precision: str) -> contextlib.AbstractContextManager:
     import torch
 
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def avoid_broken_attention_kernels() -> None:
+    """Training on CUDA: no cuDNN attention. Its backward gives NaN gradients for a masked batch whose
+    length is 64 mod 128 (H100/H200, torch >= 2.11; pytorch/pytorch#196678): on an H100 every RTE and
+    STS-B run went NaN at the same step, whatever its rates. The other kernels are exact on those
+    batches. `dept train` and `dept bench` both call this, so the bench times the kernels training uses."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)

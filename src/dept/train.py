@@ -34,7 +34,7 @@ from dept.kinds import model_kind
 from dept.loss import label_count, lm_loss
 from dept.optim import create_scheduler
 from dept.options import MethodOptions, TrainOptions, UsageError
-from dept.precision import autocast, resolve_precision
+from dept.precision import autocast, avoid_broken_attention_kernels, resolve_precision
 from dept.rates import with_default_rates
 from dept.scoring import evaluate
 
@@ -88,11 +88,7 @@ class Run:
         self.precision = resolve_precision(opts.precision)
         # Autocast is ours (dept.precision.autocast), so runs of different precision can share a process.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        if torch.cuda.is_available():
-            # cuDNN's attention backward gives NaN gradients for a masked batch whose length is 64 mod 128
-            # (H100/H200, torch >= 2.11; pytorch/pytorch#196678): on an H100 every RTE and STS-B run went NaN
-            # at the same step, whatever its rates. The other attention kernels are exact on those batches.
-            torch.backends.cuda.enable_cudnn_sdp(False)
+        avoid_broken_attention_kernels()
         self.lock: Optional[rundir.FolderLock] = None
         try:
             self._claim_output()

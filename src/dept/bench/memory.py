@@ -33,7 +33,7 @@ from torch import nn
 from dept.bench.methods import MODIFIES_BACKBONE, BenchMethod, build_method, generate, score, train_step
 from dept.bench.options import BenchOptions, Workload, options_from_dict, options_to_dict
 from dept.bench.workloads import Batch, build_backbone, build_batches
-from dept.precision import autocast
+from dept.precision import autocast, avoid_broken_attention_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -256,4 +256,5 @@ def measure_memory(workload: Workload, keys: Sequence[str], opts: BenchOptions) 
 if __name__ == "__main__":  # the probe process: python -m dept.bench.memory SPEC_JSON OUT_JSON
     spec_path, out_path = sys.argv[1:3]
     torch.set_flush_denormal(True)
+    avoid_broken_attention_kernels()
     Path(out_path).write_text(json.dumps(probe_memory(json.loads(Path(spec_path).read_text()))))

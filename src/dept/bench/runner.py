@@ -32,7 +32,7 @@ from dept.bench.targets import load_targets
 from dept.bench.timing import primary_clock, summarize, time_interleaved, workload_ratios
 from dept.bench.workloads import Batch, build_backbone, build_batches, plan_workloads
 from dept.methods import LORA_TARGET_MODULES
-from dept.precision import cpu_supports_bf16
+from dept.precision import avoid_broken_attention_kernels, cpu_supports_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     opts = dataclasses.replace(opts, targets=opts.targets_file())
     targets = load_targets(opts.targets)
     torch.set_flush_denormal(True)  # random weights can produce denormals; x86 runs them slowly
+    avoid_broken_attention_kernels()
     workloads, notes = plan_workloads(opts)
     if opts.quick:  # tiny models: one probe process per workload and one thread are plenty
         opts = dataclasses.replace(opts, threads=opts.threads or 1, new_tokens=min(opts.new_tokens, 4))
