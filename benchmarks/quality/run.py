@@ -4,11 +4,9 @@ SmolLM2-135M for GLUE SST-2, RTE, CoLA and STS-B, each method at its own tuned l
 Per task and method: `dept tune` searches the method's rates on the validation split (the same
 number of trials and steps for every method), then `dept train --config best.json` trains the
 final runs, one per seed, and scores the whole test split. Zero-shot comes from PT's seed-0 run
-(scored before its first step). Two more sets answer two questions on SST-2:
-- `defaults`: DePT with no learning-rate flags (the backbone-scaled defaults) against DePT tuned
-  at the same short budget (150 steps), 3 seeds each;
-- `curves`: PT and DePT at their tuned rates trained several times longer, validated often, to
-  show whether the ordering changes with training length.
+(scored before its first step). The learning curves (`curves`) train PT and DePT on SST-2 at their
+tuned rates several times longer, validated often, to show whether the ordering changes with
+training length. Whether the default rates work is `defaults_check.py`'s question.
 
 Every step is a separate `dept` process writing into RUNS/...; finished steps are skipped, and a
 killed search resumes, so rerunning the command continues the suite. `--jobs N` runs N chains at
@@ -53,11 +51,11 @@ def step(folder: Path, done, cmd: list[str]) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    print(f"[{time.strftime('%H:%M:%S')}] start {folder.relative_to(ARGS.runs)}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] start {folder}", flush=True)
     with open(folder / "log.txt", "a") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     status = "done" if code == 0 else f"FAILED ({code}), see {folder / 'log.txt'}"
-    print(f"[{time.strftime('%H:%M:%S')}] {status} {folder.relative_to(ARGS.runs)} in {time.time() - started:.0f} s")
+    print(f"[{time.strftime('%H:%M:%S')}] {status} {folder} in {time.time() - started:.0f} s", flush=True)
 
 
 def finished(folder: Path) -> bool:
@@ -102,17 +100,6 @@ def tuned_chain(task: str, method: str, steps: int, seeds: int, folder: Path, *,
         )  # fmt: skip
 
 
-def default_chain(task: str, steps: int, seeds: int, folder: Path):
-    """DePT with no learning-rate flags: the rates come from the backbone (dept.rates)."""
-    for seed in range(seeds):
-        step(
-            folder / f"seed-{seed}",
-            finished,
-            dept("train", "--resume", *common(task, steps), *METHODS["dept"], "--seed", str(seed),
-                 "--output-dir", str(folder / f"seed-{seed}")),
-        )  # fmt: skip
-
-
 def curve_chain(method: str, best: Path):
     """A longer run at the rates tuned for the suite's budget, validated often."""
     folder = ARGS.runs / "curves" / CURVE_TASK.replace("/", "-") / method
@@ -139,10 +126,6 @@ def chains() -> list:
                     t, m, ARGS.steps, s, f, zero_shot=m == "pt", curve=c
                 )
             )
-    if CURVE_TASK in ARGS.tasks:
-        short = runs / "defaults" / CURVE_TASK.replace("/", "-")
-        todo.append(lambda: tuned_chain(CURVE_TASK, "dept", ARGS.default_steps, ARGS.seeds, short / "tuned"))
-        todo.append(lambda: default_chain(CURVE_TASK, ARGS.default_steps, ARGS.seeds, short / "default"))
     return todo
 
 
@@ -169,7 +152,7 @@ def row(task: str, method: str, seed, r: dict, score: str = "test") -> dict:
 
 
 def collect() -> dict:
-    rows, defaults, curves, tuning = [], [], {}, {}
+    rows, curves, tuning = [], {}, {}
     for task in ARGS.tasks:
         for method in ARGS.methods:
             folder = ARGS.runs / "suite" / task.replace("/", "-") / method
@@ -187,12 +170,6 @@ def collect() -> dict:
                 rows.append(row(task, method, seed, r))
                 if method == "pt" and "zero_shot_test" in r:
                     rows.append(row(task, "zero-shot", None, r, score="zero-shot"))
-    short = ARGS.runs / "defaults" / CURVE_TASK.replace("/", "-")
-    for kind in ("default", "tuned"):
-        for seed_dir in sorted((short / kind).glob("seed-*")):
-            r = read(seed_dir / "results.json")
-            if r is not None:
-                defaults.append(row(CURVE_TASK, f"dept-{kind}", int(seed_dir.name.split("-")[1]), r))
     for method in ("pt", "dept"):
         log = ARGS.runs / "curves" / CURVE_TASK.replace("/", "-") / method / "metrics.jsonl"
         if log.is_file():
@@ -202,7 +179,7 @@ def collect() -> dict:
                 for p in points
                 if "val_accuracy" in p
             ]
-    return {"rows": rows, "defaults": defaults, "curves": curves, "tuning": tuning}
+    return {"rows": rows, "curves": curves, "tuning": tuning}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -293,22 +270,6 @@ def markdown(data: dict, settings: dict) -> str:
             rates = ", ".join(f"{k}={v:.3g}" for k, v in best.items() if k != "validation")
             value = f"{best['validation']:.1f}" if best else "none completed"
             lines.append(f"| {name} | {t['finished']} | {t['pruned']} | {value} | {rates} |")
-    if data["defaults"]:
-        d = data["defaults"]
-        lines += [
-            "",
-            f"Defaults against tuning, {CURVE_TASK}, DePT, {ARGS.default_steps} steps x batch {ARGS.batch_size}:",
-            "",
-            "| DePT rates | test | validation | rates |",
-            "|---|---:|---:|---|",
-        ]
-        for kind, label in (("dept-default", "no rate flags (backbone-scaled defaults)"), ("dept-tuned", "tuned")):
-            sel = [r for r in d if r["method"] == kind]
-            if sel:
-                rates = f"lr_prompt={sel[0]['lr_prompt']:.3g}, lr_lowrank={sel[0]['lr_lowrank']:.3g}"
-                lines.append(
-                    f"| {label} | {fmt([r['test'] for r in sel])} | {fmt([r['validation'] for r in sel])} | {rates} |"
-                )
     return "\n".join(lines) + "\n"
 
 
@@ -389,7 +350,6 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--trials", type=int, default=8, help="dept tune trials per task and method.")
     parser.add_argument("--seeds", type=int, default=3, help="Final runs per task for PT and DePT.")
-    parser.add_argument("--default-steps", type=int, default=150, help="Budget of the defaults-vs-tuned check.")
     parser.add_argument("--curve-factor", type=int, default=4, help="The learning curves run this many x --steps.")
     parser.add_argument("--curve-points", type=int, default=8, help="Validations per run of --steps.")
     parser.add_argument("--jobs", type=int, default=1, help="Chains run at once (a GPU takes several).")

@@ -1,0 +1,206 @@
+"""Do the default learning rates work? DePT with no rate flags, side by side with DePT at searched
+rates and with prompt tuning at its own defaults, on one task at a short budget, over seeds.
+
+Four arms, each trained once per seed in this one run on this one machine:
+- `dept-default`: DePT m=60 (budget-matched rank), no learning-rate flags (dept.rates);
+- `dept-tuned`:   the same at the rates a `dept tune` search chose on validation at this budget;
+- `pt-default`:   prompt tuning l=100 (DePT's parameter count), no rate flags;
+- `pt60-default`: prompt tuning l=60: DePT's prompt without the low-rank pair, which shows what
+                  the pair adds at the default rates.
+
+The tuned rates come from `--tuned BEST_JSON` (a `dept tune` best.json, or any JSON object with
+`lr_prompt` and `lr_lowrank`); without it the script runs that search itself first (8 trials, seed 0,
+validation only). Every run is a `dept train` process in RUNS/<task>/<arm>/seed-<k>; finished runs
+are skipped and a killed one resumes, so rerunning the command continues the check.
+
+    .venv/bin/python benchmarks/quality/defaults_check.py --data-dir ../shared/data --out benchmarks/quality/cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from run import dept, fmt, machine, mean_std, read, row, step
+
+REPO = Path(__file__).resolve().parents[2]
+DEPT = ["--method", "dept", "--budget", "100", "--prompt-length", "60"]
+ARMS = {
+    "dept-default": ("DePT m=60, default rates", DEPT),
+    "dept-tuned": ("DePT m=60, searched rates", DEPT),
+    "pt-default": ("PT l=100, default rate", ["--method", "pt", "--budget", "100"]),
+    "pt60-default": ("PT l=60 (DePT without A·B), default rate", ["--method", "pt", "--budget", "60"]),
+}
+
+
+def common(args: argparse.Namespace, eval_every: int) -> list[str]:
+    return [
+        "--task", args.task, "--model", args.model, "--data-dir", str(args.data_dir),
+        "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--eval-every", str(eval_every),
+        "--eval-samples", str(args.eval_samples), "--max-length", "256",
+    ]  # fmt: skip
+
+
+def tuned_rates(args: argparse.Namespace) -> list[str]:
+    """`--lr-prompt X --lr-lowrank Y` from --tuned, or from a search run here on validation."""
+    best = args.tuned
+    if best is None:
+        tune = args.runs / "tune"
+        # Four validations per trial, so the median pruner has something to compare.
+        step(tune, lambda folder: (read(folder / "trials.json") or {}).get("finished", 0) >= args.trials,
+             dept("tune", *common(args, max(1, args.steps // 4)), *DEPT, "--trials", str(args.trials), "--seed", "0",
+                  "--output-dir", str(tune)))  # fmt: skip
+        best = tune / "best.json"
+    rates = read(best)
+    if rates is None or not {"lr_prompt", "lr_lowrank"} <= rates.keys():
+        sys.exit(f"{best}: expected a JSON object with lr_prompt and lr_lowrank (a dept tune best.json).")
+    return ["--lr-prompt", repr(rates["lr_prompt"]), "--lr-lowrank", repr(rates["lr_lowrank"])]
+
+
+def run_all(args: argparse.Namespace) -> None:
+    """Seed by seed, every arm: a cut-off check still compares the arms on the seeds it finished."""
+    tuned = tuned_rates(args)
+    for seed in range(args.seeds):
+        for arm, (_, flags) in ARMS.items():
+            folder = args.runs / arm / f"seed-{seed}"
+            extra = tuned if arm == "dept-tuned" else []
+            step(folder, lambda f: (f / "results.json").is_file(),
+                 dept("train", "--resume", *common(args, args.steps), *flags, *extra, "--seed", str(seed),
+                      "--output-dir", str(folder)))  # fmt: skip
+
+
+def collect(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for arm in ARMS:
+        for seed_dir in sorted((args.runs / arm).glob("seed-*")):
+            r = read(seed_dir / "results.json")
+            if r is not None:
+                rows.append(row(args.task, arm, int(seed_dir.name.split("-")[1]), r))
+    return rows
+
+
+def markdown(rows: list[dict], settings: dict) -> str:
+    a = settings
+    lines = [
+        f"# Default learning rates against searched ones, {a['task']} ({a['model']})",
+        "",
+        f"Machine: {a['machine']}, torch {a['torch']}; precision chosen by `--precision auto` ({a['precision']}). "
+        f"Every run: {a['steps']} steps x batch {a['batch_size']}, one validation at the end on the first "
+        f"{a['eval_samples']} validation examples, then the whole test split (`--split-rule paper`). "
+        "Mean ± std over seeds:",
+        "",
+        "| arm | seeds | test | validation | lr_prompt | lr_lowrank | trainable params | train s/run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, (label, _) in ARMS.items():
+        sel = [r for r in rows if r["method"] == arm]
+        if sel:
+            lines.append(
+                f"| {label} | {len(sel)} | {fmt([r['test'] for r in sel])} | {fmt([r['validation'] for r in sel])} | "
+                f"{sel[0]['lr_prompt']:.3g} | {rate(sel[0]['lr_lowrank'])} | {sel[0]['trainable_parameters']:,} | "
+                f"{fmt([r['train_seconds'] for r in sel])} |"
+            )
+    lines += ["", "Paired by seed (seed k against seed k), test:", ""]
+    for arm, other in (
+        ("dept-default", "dept-tuned"),
+        ("dept-default", "pt-default"),
+        ("dept-default", "pt60-default"),
+    ):
+        gaps = paired(rows, arm, other)
+        if gaps:
+            lines.append(f"- {ARMS[arm][0]} minus {ARMS[other][0]}: {fmt(gaps)} points over {len(gaps)} seeds")
+    return "\n".join(lines) + "\n"
+
+
+def rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def paired(rows: list[dict], arm: str, other: str) -> list[float]:
+    score = {(r["method"], r["seed"]): r["test"] for r in rows}
+    return [score[arm, s] - score[other, s] for m, s in score if m == arm and (other, s) in score]
+
+
+def plot(rows: list[dict], settings: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [arm for arm in ARMS if any(r["method"] == arm for r in rows)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, arm in enumerate(arms):
+        tests = [r["test"] for r in rows if r["method"] == arm]
+        mean, std = mean_std(tests)
+        ax.bar(i, mean, 0.6, yerr=std, capsize=4, color="#8fb3d9")
+        ax.scatter([i] * len(tests), tests, color="black", s=12, zorder=3)
+    ax.set_xticks(range(len(arms)))
+    ax.set_xticklabels([ARMS[a][0].replace(", ", ",\n") for a in arms], fontsize=8)
+    ax.set_ylim(min(50, *[r["test"] for r in rows]) - 2, 100)
+    ax.set_ylabel("test score (bars: mean ± std; dots: seeds)")
+    ax.set_title(f"{settings['task']}, {settings['steps']} steps x batch {settings['batch_size']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = collect(args)
+    precisions = sorted({r["precision"] for r in rows if r["precision"]})
+    settings = {
+        **machine(),
+        "precision": ", ".join(precisions) or "-",
+        **{
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k not in ("data_dir", "runs", "out", "report_only")
+        },
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"defaults_{args.task.replace('/', '-')}"
+    stem.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(rows, settings))
+    if rows:
+        plot(rows, settings, stem.with_suffix(".png"))
+    print(markdown(rows, settings))
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("DEPT_DATA_DIR", REPO.parent / "shared" / "data"))
+    )
+    parser.add_argument("--out", type=Path, required=True, help="Folder for defaults_<task>.{json,md,png}.")
+    parser.add_argument(
+        "--runs", type=Path, default=None, help="Run folders (default runs/defaults/<task>; not committed)."
+    )
+    parser.add_argument("--task", default="glue/sst2")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-samples", type=int, default=500, help="Validation examples (the test split is whole).")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--tuned", type=Path, default=None, help="JSON with lr_prompt and lr_lowrank; default: search here."
+    )
+    parser.add_argument("--trials", type=int, default=8, help="Trials of the search when --tuned is not given.")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    args.runs = (args.runs or REPO / "runs" / "defaults" / args.task.replace("/", "-")).resolve()
+    return args
+
+
+def main() -> None:
+    args = parse()
+    if not args.report_only:
+        if not args.data_dir.is_dir():
+            sys.exit(f"GLUE data not found at {args.data_dir}; pass --data-dir or set DEPT_DATA_DIR.")
+        run_all(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
