@@ -24,14 +24,14 @@ import os
 import sys
 from pathlib import Path
 
-from run import dept, fmt, machine, mean_std, read, row, step
+from run import METHODS, dept, finished, fmt, machine, mean_std, read, row, step
 
 REPO = Path(__file__).resolve().parents[2]
-DEPT = ["--method", "dept", "--budget", "100", "--prompt-length", "60"]
+DEPT = METHODS["dept"]
 ARMS = {
     "dept-default": ("DePT m=60, default rates", DEPT),
     "dept-tuned": ("DePT m=60, searched rates", DEPT),
-    "pt-default": ("PT l=100, default rate", ["--method", "pt", "--budget", "100"]),
+    "pt-default": ("PT l=100, default rate", METHODS["pt"]),
     "pt60-default": ("PT l=60 (DePT without A·B), default rate", ["--method", "pt", "--budget", "60"]),
 }
 
@@ -54,8 +54,13 @@ def tuned_rates(args: argparse.Namespace) -> list[str]:
              dept("tune", *common(args, max(1, args.steps // 4)), *DEPT, "--trials", str(args.trials), "--seed", "0",
                   "--output-dir", str(tune)))  # fmt: skip
         best = tune / "best.json"
-    rates = read(best)
-    if rates is None or not {"lr_prompt", "lr_lowrank"} <= rates.keys():
+    if not best.is_file():
+        sys.exit(f"{best}: no such file; pass a dept tune best.json to --tuned, or leave it out to search here.")
+    try:
+        rates = read(best)
+    except json.JSONDecodeError as err:
+        sys.exit(f"{best}: not valid JSON ({err.msg} at line {err.lineno}).")
+    if not isinstance(rates, dict) or not {"lr_prompt", "lr_lowrank"} <= rates.keys():
         sys.exit(f"{best}: expected a JSON object with lr_prompt and lr_lowrank (a dept tune best.json).")
     return ["--lr-prompt", repr(rates["lr_prompt"]), "--lr-lowrank", repr(rates["lr_lowrank"])]
 
@@ -67,7 +72,7 @@ def run_all(args: argparse.Namespace) -> None:
         for arm, (_, flags) in ARMS.items():
             folder = args.runs / arm / f"seed-{seed}"
             extra = tuned if arm == "dept-tuned" else []
-            step(folder, lambda f: (f / "results.json").is_file(),
+            step(folder, finished,
                  dept("train", "--resume", *common(args, args.steps), *flags, *extra, "--seed", str(seed),
                       "--output-dir", str(folder)))  # fmt: skip
 
