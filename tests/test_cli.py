@@ -421,21 +421,24 @@ def test_empty_adapter_folder_and_convert(tmp_path, capsys, no_backbone):
     one_error_line(code, err, "is a file")
 
 
-def test_adapter_for_another_backbone(trained, tmp_path, capsys):
+def eval_on_a_wider_backbone(trained, adapter, tmp_path, capsys):
     tok = make_tiny_tokenizer(tmp_path / "wide", add_eos=False)
     make_tiny_llama(tmp_path / "wide", tokenizer=tok, hidden_size=48)
     capsys.readouterr()
-    code, _, err = cli(
-        capsys,
-        "eval",
-        "--adapter",
-        trained / "run" / "best",
-        "--task",
-        f"csv:{trained / 'task.csv'}",
-        "--model",
-        tmp_path / "wide",
-    )
+    task = f"csv:{trained / 'task.csv'}"
+    return cli(capsys, "eval", "--adapter", adapter, "--task", task, "--model", tmp_path / "wide")
+
+
+def test_adapter_for_another_backbone(trained, tmp_path, capsys):
+    code, _, err = eval_on_a_wider_backbone(trained, trained / "run" / "best", tmp_path, capsys)
     one_error_line(code, err, "hidden_size=32", "hidden_size=48", alone=False)  # after the backbone's progress bar
+
+
+def test_lora_adapter_for_another_backbone(trained, tmp_path, capsys):
+    code, _, err = cli(capsys, *train_args(trained, tmp_path / "lora", "--method", "lora"))
+    assert code == 0, err
+    code, _, err = eval_on_a_wider_backbone(trained, tmp_path / "lora" / "best", tmp_path, capsys)
+    one_error_line(code, err, "LoRA adapter", f"trained on {trained / 'model'}", "does not fit", alone=False)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ Four arms, each trained once per seed in this one run on this one machine:
 The tuned rates come from `--tuned BEST_JSON` (a `dept tune` best.json, or any JSON object with
 `lr_prompt` and `lr_lowrank`); without it the script runs that search itself first (8 trials, seed 0,
 validation only). Every run is a `dept train` process in RUNS/<task>/<arm>/seed-<k>; finished runs
-are skipped and a killed one resumes, so rerunning the command continues the check.
+are skipped and a killed one resumes, so rerunning the command continues the check. `--arms
+dept-default pt-default` compares the defaults alone on another task, with no search.
 
     .venv/bin/python benchmarks/quality/defaults_check.py --data-dir ../shared/data --out benchmarks/quality/cpu
 """
@@ -24,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from run import METHODS, dept, finished, fmt, machine, mean_std, read, row, step
+from run import METHODS, dept, finished, fmt, machine, mean_std, precisions, read, row, step
 
 REPO = Path(__file__).resolve().parents[2]
 DEPT = METHODS["dept"]
@@ -67,9 +68,10 @@ def tuned_rates(args: argparse.Namespace) -> list[str]:
 
 def run_all(args: argparse.Namespace) -> None:
     """Seed by seed, every arm: a cut-off check still compares the arms on the seeds it finished."""
-    tuned = tuned_rates(args)
+    tuned = tuned_rates(args) if "dept-tuned" in args.arms else []
     for seed in range(args.seeds):
-        for arm, (_, flags) in ARMS.items():
+        for arm in args.arms:
+            flags = ARMS[arm][1]
             folder = args.runs / arm / f"seed-{seed}"
             extra = tuned if arm == "dept-tuned" else []
             step(folder, finished,
@@ -154,10 +156,9 @@ def plot(rows: list[dict], settings: dict, path: Path) -> None:
 
 def report(args: argparse.Namespace) -> None:
     rows = collect(args)
-    precisions = sorted({r["precision"] for r in rows if r["precision"]})
     settings = {
         **machine(),
-        "precision": ", ".join(precisions) or "-",
+        "precision": precisions(rows),
         **{
             k: str(v) if isinstance(v, Path) else v
             for k, v in vars(args).items()
@@ -192,6 +193,9 @@ def parse() -> argparse.Namespace:
         "--tuned", type=Path, default=None, help="JSON with lr_prompt and lr_lowrank; default: search here."
     )
     parser.add_argument("--trials", type=int, default=8, help="Trials of the search when --tuned is not given.")
+    parser.add_argument(
+        "--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="Which arms to train (default: all four)."
+    )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     args.runs = (args.runs or REPO / "runs" / "defaults" / args.task.replace("/", "-")).resolve()

@@ -203,7 +203,7 @@ def markdown(data: dict, settings: dict) -> str:
     lines = [
         "# Quality: zero-shot, PT, DePT and LoRA on SmolLM2-135M, each at its own tuned learning rates",
         "",
-        f"Machine: {settings['machine']}; precision {settings['precision']}. Every method's rates were tuned on the "
+        f"Machine: {settings['machine']}; precision {settings['precision']} (`--precision auto`). Every method's rates were tuned on the "
         f"validation split with `dept tune` ({ARGS.trials} trials, TPE + median pruning, seed 0, {ARGS.steps} steps "
         f"x batch {ARGS.batch_size}); the final runs use the best rates with seeds 0-{ARGS.seeds - 1} (PT, DePT) or "
         "seed 0 (LoRA) and score the whole test split (`--split-rule paper`). Test score, mean ± std over seeds:",
@@ -313,13 +313,17 @@ def plots(data: dict, folder: Path) -> None:
 
 
 def machine() -> dict:
-    import platform
-
     import torch
 
+    from dept.precision import cpu_name
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"machine": gpu or f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores",
-            "precision": "bf16 (backbone stored in bf16)" if gpu else "fp32", "torch": torch.__version__}  # fmt: skip
+    return {"machine": gpu or f"{cpu_name()}, {os.cpu_count()} cores", "torch": torch.__version__}
+
+
+def precisions(rows: list[dict]) -> str:
+    """What `--precision auto` chose in the runs themselves (bf16 stores the frozen backbone in bf16)."""
+    return ", ".join(sorted({r["precision"] for r in rows if r.get("precision")})) or "-"
 
 
 def report() -> None:
@@ -327,7 +331,8 @@ def report() -> None:
     # --report-only re-renders runs measured elsewhere: keep the machine they were measured on.
     earlier = read(ARGS.out / "results.json") if ARGS.report_only else None
     settings = {
-        **(machine() if earlier is None else {k: earlier["settings"][k] for k in ("machine", "precision", "torch")}),
+        **(machine() if earlier is None else {k: earlier["settings"][k] for k in ("machine", "torch")}),
+        "precision": precisions(data["rows"]),
         **{k: v for k, v in vars(ARGS).items() if k not in ("data_dir", "runs", "out", "report_only", "jobs")},
     }
     ARGS.out.mkdir(parents=True, exist_ok=True)

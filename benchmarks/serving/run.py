@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from dept.precision import cpu_name
 
 HERE = Path(__file__).parent
 PROMPT_LENGTHS = [24, 12, 36, 24, 16, 32, 8, 40, 20, 28, 24, 24, 4, 44, 30, 18]  # every 1/4/16 prefix averages 24
@@ -211,7 +212,7 @@ def main() -> None:
         "model": args.model, "max_tokens": args.max_tokens, "max_batch_size": args.max_batch_size,
         "max_wait_ms": args.max_wait_ms, "precision": args.precision, "prompt_lengths": PROMPT_LENGTHS,
         "prompts": "SST-2 validation sentences" if args.data_dir else "built-in sentences",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "command": " ".join(["python", "benchmarks/serving/run.py", *sys.argv[1:]]),
     }  # fmt: skip
     out.write_text(json.dumps(results, indent=2))

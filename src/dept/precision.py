@@ -9,9 +9,22 @@ Torch is imported inside the functions so that option parsing can use `PRECISION
 from __future__ import annotations
 
 import contextlib
+import platform
 from typing import Any
 
 PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for reports: `platform.processor()` says only "x86_64" on Linux."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_supports_bf16() -> bool:

@@ -93,7 +93,14 @@ class Trained:
             with requires("train"):
                 from peft import PeftModel
 
-            return PeftModel.from_pretrained(backbone, self.adapter), tokenizer
+            try:
+                return PeftModel.from_pretrained(backbone, self.adapter), tokenizer
+            except (RuntimeError, ValueError) as err:  # size mismatches, target modules the backbone lacks
+                trained_on = self.run.get("model") or "a backbone run.json does not name"
+                raise UsageError(
+                    f"The LoRA adapter {self.adapter} (trained on {trained_on}) does not fit the backbone "
+                    f"{self.backbone}: {str(err).strip().splitlines()[-1].strip()}"
+                ) from None
         return DePTModel.from_pretrained(backbone, self.adapter, tokenizer=tokenizer), tokenizer
 
 

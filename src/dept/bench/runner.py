@@ -32,7 +32,7 @@ from dept.bench.targets import load_targets
 from dept.bench.timing import primary_clock, summarize, time_interleaved, workload_ratios
 from dept.bench.workloads import Batch, build_backbone, build_batches, plan_workloads
 from dept.methods import LORA_TARGET_MODULES
-from dept.precision import avoid_broken_attention_kernels, cpu_supports_bf16
+from dept.precision import avoid_broken_attention_kernels, cpu_name, cpu_supports_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def machine_facts() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bf16": cpu_supports_bf16(),
@@ -207,17 +207,6 @@ def machine_facts() -> dict[str, Any]:
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name(0)
     return facts
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _loadavg() -> Optional[float]:
