@@ -110,15 +110,18 @@ def markdown(rows: list[dict], settings: dict) -> str:
                 f"{sel[0]['lr_prompt']:.3g} | {rate(sel[0]['lr_lowrank'])} | {sel[0]['trainable_parameters']:,} | "
                 f"{fmt([r['train_seconds'] for r in sel])} |"
             )
-    lines += ["", "Paired by seed (seed k against seed k), test:", ""]
+    lines += ["", "Paired by seed (seed k against seed k):", ""]
     for arm, other in (
         ("dept-default", "dept-tuned"),
         ("dept-default", "pt-default"),
         ("dept-default", "pt60-default"),
     ):
-        gaps = paired(rows, arm, other)
-        if gaps:
-            lines.append(f"- {ARMS[arm][0]} minus {ARMS[other][0]}: {fmt(gaps)} points over {len(gaps)} seeds")
+        test, validation = paired(rows, arm, other, "test"), paired(rows, arm, other, "validation")
+        if test:
+            lines.append(
+                f"- {ARMS[arm][0]} minus {ARMS[other][0]}: test {fmt(test)}, validation {fmt(validation)} "
+                f"points over {len(test)} seeds (test per seed: {', '.join(f'{g:+.1f}' for g in test)})"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -126,9 +129,9 @@ def rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def paired(rows: list[dict], arm: str, other: str) -> list[float]:
-    score = {(r["method"], r["seed"]): r["test"] for r in rows}
-    return [score[arm, s] - score[other, s] for m, s in score if m == arm and (other, s) in score]
+def paired(rows: list[dict], arm: str, other: str, split: str) -> list[float]:
+    score = {(r["method"], r["seed"]): r[split] for r in rows}
+    return [score[arm, s] - score[other, s] for m, s in sorted(score) if m == arm and (other, s) in score]
 
 
 def plot(rows: list[dict], settings: dict, path: Path) -> None:
