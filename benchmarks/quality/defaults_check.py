@@ -159,21 +159,22 @@ def plot(rows: list[dict], settings: dict, path: Path) -> None:
 
 def report(args: argparse.Namespace) -> None:
     rows = collect(args)
+    if not rows:
+        sys.exit(f"No finished runs under {args.runs}; run this command without --report-only first.")
     settings = {
         **machine(),
         "precision": precisions(rows),
         **{
             k: str(v) if isinstance(v, Path) else v
             for k, v in vars(args).items()
-            if k not in ("data_dir", "runs", "out", "report_only")
+            if k not in ("data_dir", "runs", "out", "report_only", "arms", "seeds")  # the rows say which ran
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"defaults_{args.task.replace('/', '-')}"
     stem.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(rows, settings))
-    if rows:
-        plot(rows, settings, stem.with_suffix(".png"))
+    plot(rows, settings, stem.with_suffix(".png"))
     print(markdown(rows, settings))
 
 
