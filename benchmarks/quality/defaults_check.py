@@ -3,14 +3,15 @@ rates and with prompt tuning at its own defaults, on one task at a short budget,
 
 Four arms, each trained once per seed in this one run on this one machine:
 - `dept-default`: DePT m=60 (budget-matched rank), no learning-rate flags (dept.rates);
-- `dept-tuned`:   the same at the rates a `dept tune` search chose on validation at this budget;
+- `dept-tuned`:   the same at the rates a `dept tune` search chose on validation (`--tuned`);
 - `pt-default`:   prompt tuning l=100 (DePT's parameter count), no rate flags;
 - `pt60-default`: prompt tuning l=60: DePT's prompt without the low-rank pair, which shows what
                   the pair adds at the default rates.
 
 The tuned rates come from `--tuned BEST_JSON` (a `dept tune` best.json, or any JSON object with
 `lr_prompt` and `lr_lowrank`); without it the script runs that search itself first (8 trials, seed 0,
-validation only). Every run is a `dept train` process in RUNS/<task>/<arm>/seed-<k>; finished runs
+validation only). Every run is a `dept train` process in RUNS/<arm>/seed-<k> (RUNS defaults to
+runs/defaults/<task>-<steps>-steps); finished runs
 are skipped and a killed one resumes, so rerunning the command continues the check. `--arms
 dept-default pt-default` compares the defaults alone on another task, with no search.
 
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPT = METHODS["dept"]
 ARMS = {
     "dept-default": ("DePT m=60, default rates", DEPT),
-    "dept-tuned": ("DePT m=60, searched rates", DEPT),
+    "dept-tuned": ("DePT m=60, searched rates (--tuned)", DEPT),
     "pt-default": ("PT l=100, default rate", METHODS["pt"]),
     "pt60-default": ("PT l=60 (DePT without A·B), default rate", ["--method", "pt", "--budget", "60"]),
 }
@@ -91,13 +92,16 @@ def collect(args: argparse.Namespace) -> list[dict]:
 
 def markdown(rows: list[dict], settings: dict) -> str:
     a = settings
+    searched = ""
+    if any(r["method"] == "dept-tuned" for r in rows):
+        searched = f"Searched rates: {a['tuned'] or 'the search of this check'}. "
     lines = [
         f"# Default learning rates against searched ones, {a['task']} ({a['model']})",
         "",
         f"Machine: {a['machine']}, torch {a['torch']}; precision chosen by `--precision auto` ({a['precision']}). "
         f"Every run: {a['steps']} steps x batch {a['batch_size']}, one validation at the end on the first "
         f"{a['eval_samples']} validation examples, then the whole test split (`--split-rule paper`). "
-        "Mean ± std over seeds:",
+        f"{searched}Mean ± std over seeds:",
         "",
         "| arm | seeds | test | validation | lr_prompt | lr_lowrank | trainable params | train s/run |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -171,7 +175,7 @@ def report(args: argparse.Namespace) -> None:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"defaults_{args.task.replace('/', '-')}"
+    stem = args.out / f"defaults_{args.task.replace('/', '-')}_{args.steps}-steps"
     stem.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(rows, settings))
     plot(rows, settings, stem.with_suffix(".png"))
@@ -183,9 +187,14 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("DEPT_DATA_DIR", REPO.parent / "shared" / "data"))
     )
-    parser.add_argument("--out", type=Path, required=True, help="Folder for defaults_<task>.{json,md,png}.")
     parser.add_argument(
-        "--runs", type=Path, default=None, help="Run folders (default runs/defaults/<task>; not committed)."
+        "--out", type=Path, required=True, help="Folder for defaults_<task>_<steps>-steps.{json,md,png}."
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="Run folders (default runs/defaults/<task>-<steps>-steps; not committed).",
     )
     parser.add_argument("--task", default="glue/sst2")
     parser.add_argument("--model", default="smollm2-135m")
@@ -202,7 +211,9 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    args.runs = (args.runs or REPO / "runs" / "defaults" / args.task.replace("/", "-")).resolve()
+    args.runs = (
+        args.runs or REPO / "runs" / "defaults" / f"{args.task.replace('/', '-')}-{args.steps}-steps"
+    ).resolve()
     return args
 
 

@@ -8,9 +8,11 @@ Gemma's √d included): 0.136 on SmolLM2-135M, 1.03 on Gemma-3-270m.
 
 The constants are the best rates `dept tune` found for DePT on SmolLM2-135M, SST-2, 150 steps of
 batch 8 (8 trials on validation; benchmarks/quality/h100): 0.84 and 9.9e-6, i.e. 6.2x and 7.3e-5x
-the RMS. They are for budgets of a few hundred steps, which is what `dept train` runs by default;
-the best rates move with the budget (at 400 steps the search preferred a smaller prompt rate and a
-larger low-rank one), and the official T5 runs (30k steps) use 0.3 and 1e-4. For long runs, tune.
+the RMS. They are for budgets of a few hundred steps, which is what `dept train` runs by default
+(at 300 steps they match the rates searched at 400; benchmarks/quality/cpu/defaults_*). The best
+rates move with the budget: the 400-step search preferred an 18x smaller prompt rate and a 72x
+larger low-rank one, which lose 13 points at 150 steps; the official T5 runs (30k steps) use 0.3
+and 1e-4. For long runs, tune.
 LoRA's and full fine-tuning's rate does not depend on the embedding scale and keeps its constant.
 """
 
