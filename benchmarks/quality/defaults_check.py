@@ -11,7 +11,7 @@ Four arms, each trained once per seed in this one run on this one machine:
 The tuned rates come from `--tuned BEST_JSON` (a `dept tune` best.json, or any JSON object with
 `lr_prompt` and `lr_lowrank`); without it the script runs that search itself first (8 trials, seed 0,
 validation only). Every run is a `dept train` process in RUNS/<arm>/seed-<k> (RUNS defaults to
-runs/defaults/<task>-<steps>-steps); finished runs
+runs/defaults/<task>_<steps>-steps); finished runs
 are skipped and a killed one resumes, so rerunning the command continues the check. `--arms
 dept-default pt-default` compares the defaults alone on another task, with no search.
 
@@ -161,6 +161,11 @@ def plot(rows: list[dict], settings: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def check_name(args: argparse.Namespace) -> str:
+    """<task>_<steps>-steps: one check per task and budget, for its run folders and its report."""
+    return f"{args.task.replace('/', '-')}_{args.steps}-steps"
+
+
 def report(args: argparse.Namespace) -> None:
     rows = collect(args)
     if not rows:
@@ -175,7 +180,7 @@ def report(args: argparse.Namespace) -> None:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"defaults_{args.task.replace('/', '-')}_{args.steps}-steps"
+    stem = args.out / f"defaults_{check_name(args)}"
     stem.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(rows, settings))
     plot(rows, settings, stem.with_suffix(".png"))
@@ -194,7 +199,7 @@ def parse() -> argparse.Namespace:
         "--runs",
         type=Path,
         default=None,
-        help="Run folders (default runs/defaults/<task>-<steps>-steps; not committed).",
+        help="Run folders (default runs/defaults/<task>_<steps>-steps; not committed).",
     )
     parser.add_argument("--task", default="glue/sst2")
     parser.add_argument("--model", default="smollm2-135m")
@@ -211,9 +216,7 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    args.runs = (
-        args.runs or REPO / "runs" / "defaults" / f"{args.task.replace('/', '-')}-{args.steps}-steps"
-    ).resolve()
+    args.runs = (args.runs or REPO / "runs" / "defaults" / check_name(args)).resolve()
     return args
 
 
