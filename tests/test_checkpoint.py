@@ -14,6 +14,7 @@ from dept.checkpoint import export_peft
 from dept.optim import create_optimizer
 
 from conftest import OFFICIAL_DIR, batch, decoder_ids, randomize_update, run, tiny_llama, tiny_t5
+from tiny import make_tiny_llama
 
 CFG = DePTConfig(prompt_length=5, rank=3, max_length=16, prompt_init="vocab")
 OFFICIAL = ["cola", "sst2", "nq", "hotpotqa", "superglue-wic"]
@@ -186,3 +187,43 @@ def test_export_refuses_a_trained_low_rank_update(tmp_path):
     randomize_update(dm)
     with pytest.raises(ValueError, match="cannot represent"):
         export_peft(dm, tmp_path)
+
+
+def test_prompt_tuning_has_no_zero_size_parameters_and_reads_old_saves(tmp_path):
+    """r=0: no A, B that never reach the loss (DDP refuses unused parameters); adapters saved with
+    zero-size A, B (before this was so) still load."""
+    from safetensors.torch import save_file
+
+    dm = DePTModel(tiny_llama(), DePTConfig(prompt_length=4, rank=0, max_length=16, prompt_init="random"))
+    names = [n for n, p in dm.named_parameters() if p.requires_grad]
+    assert names == ["adapters.default.prompt_embeddings"]
+    dm.save_pretrained(tmp_path / "new")
+    assert set(load_file(tmp_path / "new" / "adapter_model.safetensors")) == {"prompt_embeddings"}
+    old = load_file(tmp_path / "new" / "adapter_model.safetensors")
+    old.update(lora_embedding_A=torch.zeros(16, 0), lora_embedding_B=torch.zeros(0, 32))
+    (tmp_path / "old").mkdir()
+    save_file(old, tmp_path / "old" / "adapter_model.safetensors")
+    (tmp_path / "old" / "adapter_config.json").write_text((tmp_path / "new" / "adapter_config.json").read_text())
+    again = DePTModel.from_pretrained(tiny_llama(), tmp_path / "old")
+    assert torch.equal(again.adapters["default"].prompt_embeddings, dm.adapters["default"].prompt_embeddings)
+
+
+def test_full_fine_tuning_restore_refuses_a_partial_match(tmp_path):
+    """strict=False alone would load nothing from a folder of another model and keep the last step's weights."""
+    from safetensors.torch import save_file
+
+    from dept.methods import MethodOptions, load_weights
+
+    opts = MethodOptions(method="full")
+    model = make_tiny_llama()  # tied output embeddings
+    model.save_pretrained(tmp_path / "saved")
+    other = make_tiny_llama(seed=1)
+    assert "lm_head.weight" not in load_file(tmp_path / "saved" / "model.safetensors")
+    load_weights(opts, other, tmp_path / "saved")  # the tied key a save leaves out is no mismatch
+    for key, value in model.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value), key
+    renamed = {f"backbone.{k}": v for k, v in load_file(tmp_path / "saved" / "model.safetensors").items()}
+    (tmp_path / "other").mkdir()
+    save_file(renamed, tmp_path / "other" / "model.safetensors")
+    with pytest.raises(ValueError, match="does not hold this model's weights: .* missing .* unexpected"):
+        load_weights(opts, make_tiny_llama(seed=2), tmp_path / "other")

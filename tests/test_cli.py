@@ -56,6 +56,8 @@ def train_args(root, out, *extra):
         "2",
         "--seed",
         "7",
+        "--split-seed",
+        "5",
         "--precision",
         "fp32",
         "--prompt-length",
@@ -203,6 +205,7 @@ def test_a_folder_in_use_is_refused_with_the_holders_pid(trained, tmp_path, caps
         (["--task", "OTHER"], "task"),
         (["--prompt-length", "4"], "method.prompt_length"),
         (["--method", "pt"], "method.method"),
+        (["--split-seed", "6"], "split_seed"),
     ],
 )
 def test_resume_refuses_another_run_before_writing_anything(trained, tmp_path, capsys, no_backbone, change, field):
@@ -266,25 +269,38 @@ def test_eval_on_a_run_folder_uses_best_and_the_runs_split(trained, capsys, monk
     code, out, err = cli(capsys, "eval", "--adapter", trained / "run", "--task", task, "--split", "validation")
     assert code == 0, err
     assert "best" in caplog.text and json.loads(out)["split"] == "validation"
-    run_split = get_task(task, text_fields=["text"], label_field="label").load(seed=7)["validation"]
-    assert seen["sources"] == [e.source for e in run_split]  # the run's seed (7), not the default 42
+    spec = get_task(task, text_fields=["text"], label_field="label")
+    assert seen["sources"] == [
+        e.source for e in spec.load(seed=5)["validation"]
+    ]  # the run's split seed, not its seed 7
     code, _, err = cli(
-        capsys, "eval", "--adapter", trained / "run", "--task", task, "--split", "validation", "--seed", "3"
+        capsys, "eval", "--adapter", trained / "run", "--task", task, "--split", "validation", "--split-seed", "3"
     )
-    assert code == 0 and "--seed 3 overrides the run's seed=7" in caplog.text
+    assert code == 0 and "--split-seed 3 overrides the run's split_seed=5" in caplog.text
+    assert seen["sources"] == [e.source for e in spec.load(seed=3)["validation"]]
 
 
-def test_default_output_folder_is_task_then_method(tmp_path, monkeypatch, capsys):
-    captured = []
-    monkeypatch.setattr(dept.train, "train", lambda opts: captured.append(opts) or {})
-    monkeypatch.delenv("DEPT_DATA_DIR", raising=False)
-    (tmp_path / "mine.csv").write_text("text,label\na,b\n")
-    assert cli(capsys, "train", "--task", "glue/rte", "--method", "pt")[0] == 0
-    assert cli(capsys, "train", "--task", f"csv:{tmp_path / 'mine.csv'}")[0] == 0
-    assert [str(o.out) for o in captured] == [
-        os.path.join("runs", "glue", "rte", "pt"),
-        os.path.join("runs", "mine", "dept"),
-    ]
+def test_runs_from_before_split_seed_keep_their_split(trained, tmp_path, capsys, monkeypatch):
+    """Their run.json has no split_seed: they shuffled with their seed, so eval and --resume must too."""
+    import dept.scoring
+    from dept.tasks import get_task
+
+    shutil.copytree(trained / "run", tmp_path / "run")
+    run_file = tmp_path / "run" / "run.json"
+    legacy = json.loads(run_file.read_text())
+    del legacy["split_seed"]
+    run_file.write_text(json.dumps(legacy))
+    seen = {}
+    monkeypatch.setattr(
+        dept.scoring, "evaluate", lambda *a, **k: seen.update(sources=[e.source for e in a[4]]) or ({}, None)
+    )
+    task = f"csv:{trained / 'task.csv'}"
+    code, _, err = cli(capsys, "eval", "--adapter", tmp_path / "run", "--task", task, "--split", "test")
+    assert code == 0, err
+    spec = get_task(task, text_fields=["text"], label_field="label")
+    assert seen["sources"] == [e.source for e in spec.load(seed=7)["test"]]
+    code, _, err = cli(capsys, *train_args(trained, tmp_path / "run", "--resume"))
+    one_error_line(code, err, "--resume", "split_seed 7 -> 5")
 
 
 # ----- 7: permissions ------------------------------------------------------------------------------------

@@ -4,10 +4,12 @@ them alone gives DePTModel's logits and greedy tokens, as vLLM's `prompt_embeds`
 import base64
 import io
 import json
+import math
 
 import pytest
 import torch
 from safetensors import safe_open
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel
 
 import dept.backbones
 from dept import DePTConfig, DePTModel, export_prompt_embeds
@@ -53,6 +55,90 @@ def test_backbone_on_the_export_is_the_dept_model(dm, tok, name, config):
         options = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
         ours = dm.generate(input_ids=ids, adapter_names=[name], **options)
         theirs = backbone.generate(inputs_embeds=e.unsqueeze(0), pad_token_id=dm._pad_token_id(), **options)
+        assert theirs.sequences.tolist() == ours.sequences.tolist()
+        for a, b in zip(theirs.scores, ours.scores):
+            torch.testing.assert_close(a, b)
+
+
+# ----- backbones whose embedding layer is not a plain lookup ------------------------------------------
+
+
+def tiny_gemma3(tok):
+    """Gemma3TextScaledWordEmbedding multiplies the lookup by sqrt(d) inside get_input_embeddings()."""
+    config = Gemma3TextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        max_position_embeddings=128,
+        sliding_window=4,  # shorter than the prompted rows, so the sliding layer really slides
+        layer_types=["sliding_attention", "full_attention"],
+        **_special_ids(tok),
+    )
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def tiny_gpt2(tok):
+    """GPT-2 adds its learned absolute positions (wpe) to inputs_embeds inside the model."""
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **_special_ids(tok))
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def _special_ids(tok):
+    return dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=None)
+
+
+def _token_rows(model, ids):
+    """What the backbone's own forward starts from for `ids`, before anything position-wise is added."""
+    if isinstance(model, Gemma3ForCausalLM):
+        return model.get_input_embeddings().weight[ids] * math.sqrt(model.config.hidden_size)
+    return model.get_input_embeddings().weight[ids]  # GPT-2: wte alone, wpe is the model's to add
+
+
+@pytest.fixture(scope="module", params=[tiny_gemma3, tiny_gpt2], ids=["gemma3", "gpt2"])
+def other(request, tok):
+    model = DePTModel(request.param(tok), LONG)
+    randomize_update(model, seed=4)
+    return model
+
+
+def test_other_backbones_on_the_export_are_the_dept_model(other, tok):
+    """vLLM (like transformers) uses prompt_embeds as the embedding module's output: Gemma's sqrt(d) is
+    in it, GPT-2's positions are not. The export must be that, and so reproduce DePTModel."""
+    embeds = export_prompt_embeds(other, tok, TEXTS)
+    backbone, adapter, m = other.base_model, other.adapters["default"], LONG.prompt_length
+    rows = [encode(tok, text, None, "causal", LONG.max_length).input_ids for text in TEXTS]
+    width = max(map(len, rows))
+    padded = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():  # all texts in one left-padded batch, the real slots of each row compared below
+        batch = other.prompted_inputs(padded, mask)
+    for i, (row, e) in enumerate(zip(rows, embeds)):
+        ids = torch.tensor([row])
+        n = m + len(row)
+        assert e.shape == (n, other.hidden_size) and e.dtype == backbone.dtype
+        torch.testing.assert_close(e, batch.inputs_embeds[i][batch.attention_mask[i].bool()])
+
+        with torch.no_grad():
+            offsets = adapter.offsets(torch.arange(len(row)))
+        assert offsets.abs().min() > 0  # a non-zero update on every token
+        torch.testing.assert_close(e[:m], adapter.prompt_embeddings)
+        torch.testing.assert_close(e[m:], _token_rows(backbone, ids[0]) + offsets)
+
+        with torch.no_grad():
+            expected = other(input_ids=ids, source_mask=torch.ones_like(ids)).logits
+            got = backbone(inputs_embeds=e.unsqueeze(0), position_ids=torch.arange(n).unsqueeze(0)).logits
+        assert got.shape == expected.shape == (1, n, other.vocab_size)
+        torch.testing.assert_close(got, expected)
+
+        options = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        ours = other.generate(input_ids=ids, **options)
+        theirs = backbone.generate(inputs_embeds=e.unsqueeze(0), pad_token_id=other._pad_token_id(), **options)
         assert theirs.sequences.tolist() == ours.sequences.tolist()
         for a, b in zip(theirs.scores, ours.scores):
             torch.testing.assert_close(a, b)

@@ -114,3 +114,23 @@ def test_rows_sharing_a_source_score_as_one_sequence_per_row(wrap):
         shared = rank_scores(model, tok, "causal", SOURCES, candidates, 64, batch_size=64, adapter_names=names)
         alone = rank_scores(model, tok, "causal", SOURCES, candidates, 64, batch_size=1, adapter_names=names)
     torch.testing.assert_close(shared, alone, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["plain", "dept"])
+def test_generated_text_never_holds_the_prompt(wrap):
+    """A plain causal LM returns prompt + new tokens; when every row stops at once (EOS first) the
+    output is shorter than max_new_tokens, and the prompt must still be cut off."""
+    from dept.scoring import generate_texts
+
+    tok = make_tiny_tokenizer()
+    model = make_tiny_llama(tokenizer=tok, tie_word_embeddings=False).eval()
+    with torch.no_grad():  # every logit 0 but EOS's: greedy decoding emits EOS first
+        model.lm_head.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+    model.lm_head.register_forward_hook(lambda m, a, out: out.index_fill(-1, torch.tensor([tok.eos_token_id]), 1.0))
+    source = "the movie was great"
+    assert len(tok(source)["input_ids"]) >= 5
+    if wrap:
+        model = DePTModel(model, DePTConfig(prompt_length=3, rank=2, max_length=64, prompt_init="vocab"), tokenizer=tok)
+    assert generate_texts(model, tok, "causal", [source], max_length=64) == [""]
+    assert generate_texts(model, tok, "causal", [source, "a longer second source text"], max_length=64) == ["", ""]

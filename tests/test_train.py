@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from dept.methods import MethodOptions
 from dept.train import Run, TrainOptions, batch_rows
 
+from conftest import DATA_DIR
 from tiny import make_tiny_llama, make_tiny_tokenizer
 
 
@@ -218,8 +219,10 @@ def test_data_order_is_the_same_for_any_number_of_processes():
 
 
 @pytest.mark.timeout(600)
-def test_two_processes_match_one(tiny_setup, tmp_path):
-    """DDP on 2 CPU processes (gloo) with the same global batch gives the same adapter."""
+@pytest.mark.parametrize("method", ["dept", "pt"])
+def test_two_processes_match_one(tiny_setup, tmp_path, method):
+    """DDP on 2 CPU processes (gloo) with the same global batch gives the same adapter (for PT too:
+    DDP fails on a trainable parameter that never reaches the loss)."""
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     common = [
         "train",
@@ -257,6 +260,10 @@ def test_two_processes_match_one(tiny_setup, tmp_path):
         "0.05",
         "--warmup-steps",
         "1",
+        "--method",
+        method,
+        "--budget",
+        "4",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     single = [sys.executable, "-m", "dept.cli", *common, "--output-dir", str(tmp_path / "one")]
@@ -289,4 +296,56 @@ def test_two_processes_match_one(tiny_setup, tmp_path):
     two = adapter_tensors(tmp_path / "two" / "checkpoint")
     for key in one:
         torch.testing.assert_close(one[key], two[key], atol=1e-5, rtol=1e-4)
-    assert not torch.equal(one["lora_embedding_B"], torch.zeros_like(one["lora_embedding_B"]))
+    if method == "dept":
+        assert not torch.equal(one["lora_embedding_B"], torch.zeros_like(one["lora_embedding_B"]))
+    else:
+        assert set(one) == {"prompt_embeddings"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA_DIR / "glue" / "RTE" / "dev.tsv").is_file(), reason=f"no GLUE RTE files at {DATA_DIR}")
+def test_seeds_score_the_same_examples_and_train_different_adapters(tiny_setup, tmp_path):
+    """--seed moves initialisation and data order, never the paper split: RTE's dev set is halved by --split-seed."""
+    runs, adapters = [], []
+    for seed in (0, 1):
+        opts = options(
+            tiny_setup, tmp_path / f"seed-{seed}", task="glue/rte", task_options={}, data_dir=str(DATA_DIR), seed=seed
+        )
+        opts.method.prompt_init = "random"  # an init drawn from the seed, so the adapters differ from step 0
+        opts.max_steps = opts.eval_every = 2
+        run = Run(opts)
+        runs.append(run)
+        results = run.fit()
+        assert results["split_seed"] == 42 and results["seed"] == seed
+        assert json.loads((tmp_path / f"seed-{seed}" / "run.json").read_text())["split_seed"] == 42
+        adapters.append(adapter_tensors(tmp_path / f"seed-{seed}" / "checkpoint"))
+    for split in ("train_set", "val_set", "test_set"):
+        texts = [[e.source for e in getattr(run, split)] for run in runs]
+        assert texts[0] == texts[1], split
+    assert not torch.equal(adapters[0]["prompt_embeddings"], adapters[1]["prompt_embeddings"])
+    other = options(tiny_setup, tmp_path / "split-7", task="glue/rte", task_options={}, data_dir=str(DATA_DIR))
+    other.split_seed = 7
+    moved = Run(other)
+    moved.close()
+    assert [e.source for e in moved.test_set] != [e.source for e in runs[0].test_set]
+
+
+def test_training_runs_the_backbone_with_its_dropout_on_and_scores_without(tiny_setup, tmp_path, monkeypatch):
+    """As the official code: the frozen backbone's own dropout is on in training, off in evaluation."""
+    import dept.scoring
+    import dept.train
+
+    seen = {"train": [], "eval": []}
+    monkeypatch.setattr(dept.train, "lm_loss", _recording(dept.train.lm_loss, seen["train"]))
+    monkeypatch.setattr(dept.scoring, "rank_scores", _recording(dept.scoring.rank_scores, seen["eval"]))
+    Run(options(tiny_setup, tmp_path)).fit()
+    assert seen["train"] and all(seen["train"])
+    assert seen["eval"] and not any(seen["eval"])
+
+
+def _recording(function, log):
+    def wrapper(model, *args, **kwargs):
+        log.append(model.base_model.training)
+        return function(model, *args, **kwargs)
+
+    return wrapper

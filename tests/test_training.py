@@ -89,3 +89,39 @@ def test_a_step_moves_only_the_adapter(backbone):
     opt.step()
     assert not torch.equal(prompt0, adapter.prompt_embeddings) and not torch.equal(b0, adapter.lora_embedding_B)
     assert all(torch.equal(before[n], p) for n, p in backbone.named_parameters())
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_classifier_head_trains_in_fp32_on_a_bf16_backbone(arch, tmp_path):
+    """A head copied from a bf16 backbone and trained at the low-rank rate (1e-5 on SmolLM2) never moved:
+    below bf16's resolution. It is fp32, in its own parameter group, and reloads bit-identically."""
+    from dept.options import MethodOptions
+
+    from conftest import tiny_bert_classifier
+    from tiny import make_tiny_llama
+
+    def backbone():
+        model = (
+            tiny_bert_classifier()
+            if arch == "bert"
+            else make_tiny_llama(classification=True, num_labels=3, pad_token_id=0)
+        )
+        return model.to(torch.bfloat16)
+
+    dm = DePTModel(backbone(), DePTConfig(prompt_length=3, rank=2, max_length=16, prompt_init="random"))
+    head = dm.adapters["default"].head
+    assert [p.dtype for p in head.parameters()] and all(p.dtype == torch.float32 for p in head.parameters())
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    optimizer = create_optimizer(dm, lr_prompt=0.8, lr_lowrank=1e-5)
+    rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert rates == {"prompt": 0.8, "lowrank": 1e-5, "head": MethodOptions.lr_head}
+    ids = torch.randint(5, 90, (4, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = dm(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 2, 1])).loss
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(before[k], v) for k, v in head.state_dict().items())
+    dm.save_pretrained(tmp_path)
+    again = DePTModel.from_pretrained(backbone(), tmp_path).adapters["default"].head.state_dict()
+    for key, value in head.state_dict().items():
+        assert again[key].dtype == torch.float32 and torch.equal(again[key], value), key

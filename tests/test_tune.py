@@ -62,6 +62,8 @@ def tune_args(root, out, *extra):
         "fp32",
         "--seed",
         "3",
+        "--split-seed",
+        "11",
         "--prompt-length",
         "4",
         "--rank",
@@ -107,7 +109,10 @@ def test_best_json_feeds_train_config(tiny_setup, tmp_path, capsys, caplog):
         capsys, "train", "--config", tmp_path / "tune" / "best.json", "--output-dir", tmp_path / "final"
     )
     assert code == 0, err
+    trial_runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "tune").glob("trial-*/run.json"))]
+    assert len(trial_runs) == 2 and {r["split_seed"] for r in trial_runs} == {11}  # one split for every trial
     run = json.loads((tmp_path / "final" / "run.json").read_text())
+    assert run["split_seed"] == 11  # best.json carries the search's split to the final run
     assert run["method"]["lr_prompt"] == best["params"]["lr_prompt"]
     assert run["method"]["lr_lowrank"] == best["params"]["lr_lowrank"]
     results = json.loads((tmp_path / "final" / "results.json").read_text())

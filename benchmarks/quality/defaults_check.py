@@ -26,7 +26,7 @@ import os
 import sys
 from pathlib import Path
 
-from run import METHODS, dept, finished, fmt, machine, mean_std, precisions, read, row, step
+from run import METHODS, SPLIT_SEED, dept, finished, fmt, machine, mean_std, precisions, read, row, step
 
 REPO = Path(__file__).resolve().parents[2]
 DEPT = METHODS["dept"]
@@ -43,6 +43,7 @@ def common(args: argparse.Namespace, eval_every: int) -> list[str]:
         "--task", args.task, "--model", args.model, "--data-dir", str(args.data_dir),
         "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--eval-every", str(eval_every),
         "--eval-samples", str(args.eval_samples), "--max-length", "256",
+        "--split-seed", str(SPLIT_SEED),  # one split for every seed and method
     ]  # fmt: skip
 
 

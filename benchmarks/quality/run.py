@@ -38,6 +38,7 @@ METHODS = {
 }
 LABELS = {"zero-shot": "zero-shot", "pt": "PT (l=100)", "dept": "DePT (m=60)", "lora": "LoRA (r=8)"}
 CURVE_TASK = "glue/sst2"
+SPLIT_SEED = 42  # the paper's: every seed and method is scored on the same validation and test examples
 LATER: list = []  # futures of the running pool, the learning curves included
 
 
@@ -74,6 +75,7 @@ def common(task: str, steps: int) -> list[str]:
         "--task", task, "--model", ARGS.model, "--data-dir", str(ARGS.data_dir),
         "--max-steps", str(steps), "--batch-size", str(ARGS.batch_size),
         "--eval-every", str(max(1, steps // 4)), "--max-length", "256",
+        "--split-seed", str(SPLIT_SEED),  # one split for every seed and method
     ]  # fmt: skip
 
 
@@ -139,7 +141,7 @@ def read(path: Path) -> dict | None:
 def row(task: str, method: str, seed, r: dict, score: str = "test") -> dict:
     metric = r["main_metric"]
     return {
-        "task": task, "method": method, "seed": seed,
+        "task": task, "method": method, "seed": seed, "split_seed": r.get("split_seed"),
         "lr_prompt": r.get("lr_prompt"), "lr_lowrank": r.get("lr_lowrank"), "lr": r.get("lr"),
         "steps": r["steps"], "metric": metric,
         "validation": r["validation"][metric] if score == "test" else r.get("zero_shot_validation", {}).get(metric),

@@ -151,7 +151,7 @@ def _load_pretrained(
         ) from err
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     _fix_padding(model, tokenizer)
-    model.eval()  # dropout off: DePT trains only its own parameters
+    model.eval()  # inference until a trainer says otherwise: `dept train` turns the backbone's dropout on
     return model, tokenizer
 
 

@@ -234,6 +234,8 @@ def fill_adapter(adapter: DePTAdapter, tensors: dict[str, torch.Tensor], path: P
     parameters). Tensors a checkpoint lacks keep their fresh init: the official B = 0, a
     classifier's untrained head."""
     state = adapter.state_dict()
+    # r=0 adapters have no A, B; those saved before that was so hold zero-size ones.
+    tensors = {k: v for k, v in tensors.items() if k in state or k not in ADAPTER_KEYS[1:] or v.numel()}
     for key, value in tensors.items():
         if key not in state or state[key].shape != value.shape:
             have = tuple(state[key].shape) if key in state else "no such tensor"

@@ -43,7 +43,7 @@ logger = logging.getLogger("dept.cli")
 M, T, TU = MethodOptions, TrainOptions, TuneOptions
 # The main job: DePT on SmolLM2-135M for TrainOptions' default task (GLUE STS-B, offline package). 150 steps (the
 # budget the default rates were searched at) and 200 examples per score, so the gain stands out of the noise of
-# Pearson on few examples: 7.6 minutes on 2 CPU cores with bf16 (README).
+# Pearson on few examples (its time on a 2-core CPU is in the README).
 MAIN_JOB = dict(max_steps=150, batch_size=8, eval_every=150, eval_samples=200, test_samples=200, output_dir="runs/main")
 # Errors a user can cause and fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
@@ -73,6 +73,9 @@ def train(
         None, envvar="DEPT_DATA_DIR", help="Folder with glue/ and superglue/ in the original layout."
     ),
     split_rule: str = typer.Option(T.split_rule, help="paper (DePT's splits) or official (train/dev as released)."),
+    split_seed: int = typer.Option(
+        T.split_seed, help="Seed of the paper split's shuffle; --seed never moves the validation or test examples."
+    ),
     max_steps: Optional[int] = typer.Option(
         None, help=f"Optimizer steps (default {T.max_steps}; main job {MAIN_JOB['max_steps']})."
     ),
@@ -91,6 +94,7 @@ def train(
         M.lr_lowrank, help="Learning rate of the low-rank pair A, B (default: 7.5e-5 x the embeddings' RMS)."
     ),
     lr: float = typer.Option(M.lr, help="Learning rate for --method lora/full."),
+    lr_head: float = typer.Option(M.lr_head, help="Learning rate of a classifier backbone's task head (dept/pt)."),
     lora_rank: int = typer.Option(M.lora_rank),
     warmup_steps: Optional[int] = typer.Option(T.warmup_steps, help="Default min(500, max_steps/10)."),
     max_grad_norm: float = typer.Option(T.max_grad_norm),
@@ -112,7 +116,7 @@ def train(
     text_fields: Optional[str] = typer.Option(None, help="Custom tasks: comma-separated input columns."),
     label_field: Optional[str] = typer.Option(None, help="Custom tasks: label column."),
     zero_shot: bool = typer.Option(T.zero_shot, help="Also score the untouched backbone."),
-    seed: int = typer.Option(T.seed),
+    seed: int = typer.Option(T.seed, help="Seed of initialisation, data order and dropout (not of the split)."),
     resume: bool = typer.Option(
         T.resume, help="Continue the run in OUTPUT_DIR (same task, method, model, adapter shape)."
     ),
@@ -299,7 +303,9 @@ def eval_command(
     model: Optional[str] = typer.Option(None, help="Backbone (default: the one in the run's run.json)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="DEPT_DATA_DIR", help="Default: the run's (run.json)."),
     split_rule: Optional[str] = typer.Option(None, help=f"paper | official (default: the run's, else {T.split_rule})."),
-    seed: Optional[int] = typer.Option(None, help=f"Seed of the paper split (default: the run's, else {T.seed})."),
+    split_seed: Optional[int] = typer.Option(
+        None, help=f"Seed of the paper split (default: the run's, else {T.split_seed})."
+    ),
     max_length: Optional[int] = typer.Option(None, help="Longest input (default: the run's, else the adapter's s)."),
     scoring: str = typer.Option(T.scoring, help="rank | generate"),
     precision: str = typer.Option(T.precision, help="auto | bf16 | fp32"),
@@ -307,7 +313,7 @@ def eval_command(
     samples: Optional[int] = typer.Option(None, help="Score only the first N examples."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress; show the traceback of an error."),
 ):
-    """Score a trained adapter on a task split (with the run's split rule, seed and data); prints the metrics as JSON."""
+    """Score a trained adapter on a task split (with the run's split rule, split seed and data); prints the metrics as JSON."""
     from dept.precision import resolve_precision
     from dept.tasks.splits import SPLIT_RULES
 
@@ -323,13 +329,14 @@ def eval_command(
     data_dir = trained.setting("data_dir", "--data-dir", str(data_dir) if data_dir else None, None)
     split_rule = trained.setting("split_rule", "--split-rule", split_rule, T.split_rule)
     check_choice("--split-rule", split_rule, SPLIT_RULES)
-    seed = trained.setting("seed", "--seed", seed, T.seed)
+    split_seed = trained.setting("split_seed", "--split-seed", split_seed, T.split_seed)
     max_length = trained.setting("max_length", "--max-length", max_length, trained.max_length or M.max_length)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UsageError(
             f"--data-dir {data_dir} (given, or the run's) is not a folder; pass the folder that holds glue/ and superglue/."
         )
-    examples = spec.load(data_dir=data_dir, split_rule=split_rule, seed=seed, use_hub=data_dir is None)[split][:samples]
+    splits = spec.load(data_dir=data_dir, split_rule=split_rule, seed=split_seed, use_hub=data_dir is None)
+    examples = splits[split][:samples]
 
     from dept.data import count_truncated
     from dept.scoring import evaluate

@@ -8,7 +8,10 @@ before a model is loaded (to pick the Auto class); `model_kind` once it is.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
+
+logger = logging.getLogger(__name__)
 
 Kind = Literal["causal", "seq2seq", "classification"]
 KINDS: tuple[str, ...] = ("causal", "seq2seq", "classification")
@@ -29,12 +32,33 @@ def _class_names(mapping: dict) -> set[str]:
     return names
 
 
+def is_bidirectional(config: Any) -> bool:
+    """An encoder whose attention sees the whole sequence (BERT, RoBERTa, DeBERTa…): a masked-LM
+    architecture not configured as a decoder. Teacher forcing on it would see the answer."""
+    from transformers.models.auto import modeling_auto
+
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    if getattr(config, "is_decoder", False) or getattr(config, "causal", False):  # `causal`: XLM, Flaubert
+        return False
+    return getattr(config, "model_type", None) in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def kind_from_config(config: Any) -> Kind:
-    """Before loading: encoder-decoder -> seq2seq, a sequence-classification architecture ->
-    classification, anything else -> causal."""
+    """Before loading: encoder-decoder -> seq2seq, a sequence-classification architecture or a
+    bidirectional encoder -> classification, anything else (a decoder) -> causal."""
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
-    if any(_is_classifier(arch) for arch in getattr(config, "architectures", None) or []):
+    architectures = getattr(config, "architectures", None) or []
+    if any(_is_classifier(arch) for arch in architectures):
+        return "classification"
+    if is_bidirectional(config):
+        logger.info(
+            "%s is a bidirectional encoder (config.is_decoder=False, architectures %s): loading it as a "
+            "sequence classifier, since as a causal LM teacher forcing would see the answer.",
+            type(config).__name__,
+            architectures,
+        )
         return "classification"
     return "causal"
 
@@ -46,6 +70,12 @@ def model_kind(model: Any) -> Kind:
     cls = type(model).__name__
     if _is_classifier(cls):
         return "classification"
+    if is_bidirectional(model.config) and model.get_output_embeddings() is not None:
+        raise TypeError(
+            f"{cls} is a bidirectional encoder (config.is_decoder=False); teacher forcing would see the answer. "
+            "Load it as a sequence classifier (load_backbone(..., kind='classification') / "
+            "AutoModelForSequenceClassification) or set is_decoder=True for a real decoder."
+        )
     from transformers.models.auto import modeling_auto
 
     if cls in _class_names(modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) or (
@@ -63,6 +93,8 @@ def pools_last_token(model: Any) -> bool:
     they cannot find padding, so their rows must end at the last slot (left padding)."""
     from transformers.models.auto import modeling_auto
 
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False  # Marian, Pegasus, BART…: in the causal-LM mapping for their decoder alone
     model_type = getattr(model.config, "model_type", None)
     return (
         model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES

@@ -25,8 +25,8 @@ def keep_positions(keep: int, total: int, device) -> int | torch.Tensor:
 
     An int makes transformers take the view `hidden[:, -keep:]`, which is not contiguous; a linear
     layer on it whose weight needs no grad (the frozen output embedding) cannot be folded into one
-    matmul and falls back to a bmm over a batch-expanded copy of the weight (batch×d×vocab: 0.9 GB
-    and ~2.5 s per call for SmolLM2 at batch 16 on CPU). Indexing with a tensor gathers a small
+    matmul and falls back to a bmm over a batch-expanded copy of the weight (batch×d×vocab: for a
+    49k vocabulary, gigabytes and seconds per call on CPU). Indexing with a tensor gathers a small
     contiguous copy instead. 0 (all), 1 and `total` give foldable tensors and stay ints."""
     if keep <= 1 or keep >= total:
         return keep

@@ -57,9 +57,10 @@ def build(opts: MethodOptions, backbone, tokenizer, kind: str) -> nn.Module:
     if opts.method in ("dept", "pt"):
         if opts.init_from:
             model = DePTModel.from_pretrained(backbone, opts.init_from, is_trainable=True, tokenizer=tokenizer)
-            if opts.reset_lowrank_b:
+            adapter = model.adapters[model.active_adapter]
+            if opts.reset_lowrank_b and adapter.config.rank:
                 with torch.no_grad():
-                    model.adapters[model.active_adapter].lora_embedding_B.zero_()
+                    adapter.lora_embedding_B.zero_()
             return model
         hidden = backbone.get_input_embeddings().weight.shape[1]
         return DePTModel(backbone, dept_config(opts, hidden), tokenizer=tokenizer)
@@ -89,7 +90,7 @@ def lora_config(kind: str, rank: int):
 
 def optimizer_for(opts: MethodOptions, model: nn.Module) -> torch.optim.Optimizer:
     if opts.method in ("dept", "pt"):
-        return create_optimizer(model, opts.lr_prompt, opts.lr_lowrank)
+        return create_optimizer(model, opts.lr_prompt, opts.lr_lowrank, opts.lr_head)
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW([{"params": params, "lr": opts.lr, "name": "all"}], weight_decay=0.0, eps=1e-6)
 
@@ -115,11 +116,28 @@ def load_weights(opts: MethodOptions, model: nn.Module, path: Path) -> None:
 
         set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
         return
-    files = sorted(path.glob("*.safetensors"))
     state = {}
-    for file in files:
+    for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(file))
-    model.load_state_dict(state, strict=False)
+    load_full_state(model, state, path)
+
+
+def load_full_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Every weight of the model from `state`, or an error: a silent partial load would score the last
+    step's weights as the best. Keys a save leaves out because they are tied to a saved one are fine."""
+    own = model.state_dict()
+    result = model.load_state_dict(state, strict=False)
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded]
+    if missing or result.unexpected_keys:
+        parts = [
+            f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+            for what, keys in (("missing", missing), ("unexpected", result.unexpected_keys))
+            if keys
+        ]
+        raise ValueError(
+            f"{path} does not hold this model's weights: {'; '.join(parts)}. It was saved from another model."
+        )
 
 
 def num_trainable(model: nn.Module) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import logging
 import warnings
@@ -56,7 +57,10 @@ class DePTModel(nn.Module):
         super().__init__()
         self.base_model = model
         self.kind: Kind = model_kind(model)
-        self.padding_side = "left" if self.kind == "causal" or pools_last_token(model) else "right"
+        # Causal LMs and decoder-only classifiers end each row at the last slot; encoder-decoders and
+        # encoder classifiers are right-padded (their encoder positions count from the first slot).
+        left = self.kind == "causal" or (self.kind == "classification" and pools_last_token(model))
+        self.padding_side = "left" if left else "right"
         self.tokenizer = tokenizer
         for param in model.parameters():
             param.requires_grad_(False)
@@ -66,7 +70,9 @@ class DePTModel(nn.Module):
             body = {id(p) for p in model.base_model.parameters()}
             for name, module in model.named_children():
                 if any(id(p) not in body for p in module.parameters()):
-                    self._head_templates[name] = copy.deepcopy(module)  # copied before the hook exists
+                    # Copied before the hook exists, in fp32 whatever the backbone's dtype: a head trains,
+                    # and its small updates vanish in bf16 weights.
+                    self._head_templates[name] = copy.deepcopy(module).float()
                     module.register_forward_hook(self._route_head(name))
         self.adapters = nn.ModuleDict()
         self.active_adapter = adapter_name
@@ -97,9 +103,15 @@ class DePTModel(nn.Module):
         if name == BASE:
             raise ValueError(f"{BASE!r} is reserved for rows without an adapter; choose another name.")
         if prompt_init is None:
-            prompt_init = initial_prompt(
-                config, self.base_model.get_input_embeddings(), self.vocab_size, self._tokenizer_for(config)
-            )
+            tokenizer = self._tokenizer_for(config)
+            if config.prompt_init == "text" and tokenizer is None:
+                logger.warning(
+                    "Adapter %r: no tokenizer for the text init (pass DePTModel(..., tokenizer=tok)); its prompt "
+                    "starts from random vocabulary embeddings instead (prompt_init='vocab').",
+                    name,
+                )
+                config = dataclasses.replace(config, prompt_init="vocab")
+            prompt_init = initial_prompt(config, self.base_model.get_input_embeddings(), self.vocab_size, tokenizer)
         head = {key: copy.deepcopy(template) for key, template in self._head_templates.items()}
         adapter = DePTAdapter(config, self.hidden_size, prompt_init, head=head)
         weight = self.base_model.get_input_embeddings().weight
@@ -275,10 +287,11 @@ class DePTModel(nn.Module):
             for adapter, rows in self._head_groups:
                 if adapter is None:
                     continue
-                if rows is None:
-                    routed = adapter.head[name](*args)
-                else:
-                    routed = routed.index_put((rows,), adapter.head[name](args[0][rows]).to(routed.dtype))
+                head = adapter.head[name]
+                features = args[0] if rows is None else args[0][rows]
+                # The head's own (fp32) dtype in, the backbone's out.
+                result = head(features.to(next(head.parameters()).dtype)).to(output.dtype)
+                routed = result if rows is None else routed.index_put((rows,), result)
             return routed
 
         return hook

@@ -1,4 +1,5 @@
-"""AdamW with DePT's two learning rates (prompt vs low-rank pair) and the linear warmup schedule."""
+"""AdamW with DePT's two learning rates (prompt vs low-rank pair; a classifier head has its own) and the linear
+warmup schedule."""
 
 from __future__ import annotations
 
@@ -8,26 +9,42 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from dept.options import MethodOptions
 
-def parameter_groups(model: nn.Module, lr_prompt: float, lr_lowrank: float, weight_decay: float = 0.0) -> list[dict]:
-    """Prompt vectors learn at `lr_prompt`; A, B and any trainable head at `lr_lowrank`."""
-    prompt, other = [], []
+
+def parameter_groups(
+    model: nn.Module,
+    lr_prompt: float,
+    lr_lowrank: float,
+    lr_head: float = MethodOptions.lr_head,
+    weight_decay: float = 0.0,
+) -> list[dict]:
+    """Prompt vectors learn at `lr_prompt`, A and B at `lr_lowrank`, a classifier's trainable head
+    (an ordinary linear layer, far from the prompt's scale) at `lr_head`."""
+    prompt, lowrank, head = [], [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (prompt if name.endswith("prompt_embeddings") else other).append(param)
-    if not prompt and not other:
+            group = prompt if name.endswith("prompt_embeddings") else head if ".head." in name else lowrank
+            group.append(param)
+    if not prompt and not lowrank and not head:
         raise ValueError("The model has no trainable parameters; call set_adapter() or load with is_trainable=True.")
     groups = [
         {"params": prompt, "lr": lr_prompt, "weight_decay": weight_decay, "name": "prompt"},
-        {"params": other, "lr": lr_lowrank, "weight_decay": weight_decay, "name": "lowrank"},
+        {"params": lowrank, "lr": lr_lowrank, "weight_decay": weight_decay, "name": "lowrank"},
+        {"params": head, "lr": lr_head, "weight_decay": weight_decay, "name": "head"},
     ]
     return [g for g in groups if g["params"]]
 
 
 def create_optimizer(
-    model: nn.Module, lr_prompt: float, lr_lowrank: float, weight_decay: float = 0.0, eps: float = 1e-6
+    model: nn.Module,
+    lr_prompt: float,
+    lr_lowrank: float,
+    lr_head: float = MethodOptions.lr_head,
+    weight_decay: float = 0.0,
+    eps: float = 1e-6,
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, lr_prompt, lr_lowrank, weight_decay), eps=eps)
+    return torch.optim.AdamW(parameter_groups(model, lr_prompt, lr_lowrank, lr_head, weight_decay), eps=eps)
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):

@@ -66,6 +66,7 @@ class MethodOptions:
     lr_prompt: Optional[float] = None  # None: scaled to the backbone's embeddings (dept.rates)
     lr_lowrank: Optional[float] = None
     lr: float = 5e-4  # LoRA and full fine-tuning
+    lr_head: float = 1e-3  # a classifier's task head (dept/pt on ...ForSequenceClassification): a linear layer, as LoRA
     init_from: Optional[str] = None
     reset_lowrank_b: bool = False
     prompt_init: str = "text"
@@ -94,7 +95,8 @@ class MethodOptions:
                 f"--prompt-length {self.prompt_length} exceeds the --budget of {self.budget} prompt tokens; "
                 "choose --prompt-length <= --budget (or set --rank)."
             )
-        for flag, value in (("--lr-prompt", self.lr_prompt), ("--lr-lowrank", self.lr_lowrank), ("--lr", self.lr)):
+        rates = (("--lr-prompt", self.lr_prompt), ("--lr-lowrank", self.lr_lowrank), ("--lr", self.lr))
+        for flag, value in (*rates, ("--lr-head", self.lr_head)):
             if value is not None:
                 check_learning_rate(flag, value)
         if self.init_from is not None and not Path(self.init_from).is_dir():
@@ -108,6 +110,9 @@ class TrainOptions:
     output_dir: Optional[str] = None  # default: runs/<task>/<method>
     data_dir: Optional[str] = None
     split_rule: str = "paper"
+    # The split rule's shuffle has its own seed (the paper's 42): `seed` varies initialisation, data order and
+    # dropout, never which examples are validation or test, so every seed and method is scored on one test set.
+    split_seed: int = 42
     method: MethodOptions = field(default_factory=MethodOptions)
     max_steps: int = 300
     batch_size: int = 16
@@ -158,6 +163,7 @@ class TrainOptions:
             check_at_least(flag, value, 1)
         for flag, value in (
             ("--warmup-steps", self.warmup_steps),
+            ("--split-seed", self.split_seed),
             ("--eval-samples", self.eval_samples),
             ("--test-samples", self.test_samples),
         ):

@@ -44,13 +44,18 @@ class DePTAdapter(nn.Module):
                 f"prompt init has shape {tuple(prompt_init.shape)}, expected ({config.prompt_length}, {hidden_size})."
             )
         self.prompt_embeddings = nn.Parameter(prompt_init.detach().clone().float())
-        lora_a = torch.empty(config.max_length, config.rank)
         if config.rank:
+            lora_a = torch.empty(config.max_length, config.rank)
             # Its own stream: drawn from the prompt's seed, A would be correlated with a random P.
             generator = torch.Generator().manual_seed(config.seed + LOWRANK_SEED_OFFSET)
             nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5), generator=generator)
-        self.lora_embedding_A = nn.Parameter(lora_a)
-        self.lora_embedding_B = nn.Parameter(torch.zeros(config.rank, hidden_size))
+            self.lora_embedding_A = nn.Parameter(lora_a)
+            self.lora_embedding_B = nn.Parameter(torch.zeros(config.rank, hidden_size))
+        else:
+            # Prompt tuning: no A, B at all. Zero-size trainable tensors never reach the loss, and DDP
+            # fails on parameters that get no gradient.
+            self.register_parameter("lora_embedding_A", None)
+            self.register_parameter("lora_embedding_B", None)
         self.head = nn.ModuleDict(head or {})
 
     @property

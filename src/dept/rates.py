@@ -6,13 +6,10 @@ embeddings and the offsets (α/√r)·A·B are added to them, so both defaults a
 RMS of the backbone's input embeddings (what the embedding layer outputs, multipliers such as
 Gemma's √d included): 0.136 on SmolLM2-135M, 1.03 on Gemma-3-270m.
 
-The constants are the best rates `dept tune` found for DePT on SmolLM2-135M, SST-2, 150 steps of
-batch 8 (8 trials on validation; benchmarks/quality/h100): 0.84 and 9.9e-6, i.e. 6.2x and 7.3e-5x
-the RMS. They are for budgets of a few hundred steps, which is what `dept train` runs by default
-(at 300 steps they match the rates searched at 400; benchmarks/quality/cpu/defaults_*). The best
-rates move with the budget: the 400-step search preferred an 18x smaller prompt rate and a 72x
-larger low-rank one, which lose 13 points at 150 steps; the official T5 runs (30k steps) use 0.3
-and 1e-4. For long runs, tune.
+The constants come from a `dept tune` search for DePT on SmolLM2-135M, SST-2, at a budget of a few
+hundred steps, which is what `dept train` runs by default; the search and the checks of these
+defaults against searched rates are in benchmarks/quality/ and the README. Good rates move with the
+step budget (the official T5 runs, 30k steps, use 0.3 and 1e-4): for long runs, tune.
 LoRA's and full fine-tuning's rate does not depend on the embedding scale and keeps its constant.
 """
 
@@ -25,8 +22,8 @@ from torch import nn
 
 from dept.options import MethodOptions
 
-PROMPT_RATE_PER_RMS = 6.0  # lr_prompt = 6 x RMS(E): 0.81 on SmolLM2-135M
-LOWRANK_RATE_PER_RMS = 7.5e-5  # lr_lowrank = 7.5e-5 x RMS(E): 1.0e-5 on SmolLM2-135M
+PROMPT_RATE_PER_RMS = 6.0  # lr_prompt = 6 x RMS(E)
+LOWRANK_RATE_PER_RMS = 7.5e-5  # lr_lowrank = 7.5e-5 x RMS(E)
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ RESUME_MUST_MATCH = (
     "task_options",
     "model",
     "split_rule",
+    "split_seed",
     "seed",
     "k_shot",
     "method.method",
@@ -142,6 +143,7 @@ def _check_resume(out: Path, opts: TrainOptions) -> None:
         stored = _flat(json.loads((out / RUN_FILE).read_text(encoding="utf-8")))
     except (json.JSONDecodeError, AttributeError) as err:
         raise UsageError(f"{out / RUN_FILE} is unreadable ({err}); --overwrite starts the run afresh.") from None
+    stored.setdefault("split_seed", stored.get("seed"))  # runs from before split_seed split with their seed
     new = _flat(json.loads(json.dumps(jsonable(opts))))
     changed = {
         k: (stored[k], v)

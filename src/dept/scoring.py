@@ -18,6 +18,7 @@ import torch
 from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
 from dept.kinds import cache_name
 from dept.loss import last_logits
+from dept.model import DePTModel
 from dept.precision import autocast
 
 
@@ -259,7 +260,9 @@ def generate_texts(
                 do_sample=False,
                 pad_token_id=pad,
             )
-        if kind == "causal" and out.shape[1] > max_new_tokens:  # plain HF models echo the input
+        if kind == "causal" and not isinstance(model, DePTModel):
+            # A plain (or LoRA) causal LM returns its input first, whatever the output's length; a
+            # DePTModel generates from embeddings and returns only the new tokens.
             out = out[:, batch["input_ids"].shape[1] :]
         texts += tokenizer.batch_decode(out, skip_special_tokens=True)
     return [t.strip() for t in texts]

@@ -115,7 +115,7 @@ class Run:
         set_seed(opts.seed)
         # An explicit data folder means those files: no silent fallback to the hub (and its retries).
         splits = self.task.load(
-            data_dir=opts.data_dir, split_rule=opts.split_rule, seed=opts.seed, use_hub=opts.data_dir is None
+            data_dir=opts.data_dir, split_rule=opts.split_rule, seed=opts.split_seed, use_hub=opts.data_dir is None
         )
         self.train_set = splits["train"]
         if opts.k_shot:
@@ -270,7 +270,7 @@ class Run:
         """The restored optimizer carries the old run's rates; a --resume may change them (and max_steps),
         so put this run's rates on the restored schedule (the same numbers when nothing changed)."""
         m = self.opts.method
-        rates = {"prompt": m.lr_prompt, "lowrank": m.lr_lowrank, "all": m.lr}
+        rates = {"prompt": m.lr_prompt, "lowrank": m.lr_lowrank, "head": m.lr_head, "all": m.lr}
         for i, group in enumerate(self.optimizer.param_groups):
             group["initial_lr"] = self.scheduler.base_lrs[i] = rates[group["name"]]
             group["lr"] = rates[group["name"]] * self.scheduler.lr_lambdas[i](self.scheduler.last_epoch)
@@ -283,6 +283,7 @@ class Run:
             "lr_prompt": m.lr_prompt if prompt else None,
             "lr_lowrank": m.lr_lowrank if m.method == "dept" else None,
             "lr": None if prompt else m.lr,
+            "lr_head": m.lr_head if prompt and self.kind == "classification" else None,
         }
 
     def _eval_and_select(self) -> dict:
@@ -350,7 +351,7 @@ class Run:
             desc=f"{opts.method.method} {opts.task}",
             disable=not self.accelerator.is_main_process,
         )
-        self.model.train()
+        self.model.train()  # the backbone's own dropout on, as the official code trains
         n = len(self.encoded)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         stop = False
@@ -426,6 +427,8 @@ class Run:
                 "best_validation": self.state["best"],
                 "best_step": self.state["best_step"],
                 "precision": self.precision,
+                "seed": self.opts.seed,
+                "split_seed": self.opts.split_seed,
                 **self._rates(),
                 "scoring": self.opts.scoring,
                 "processes": self.accelerator.num_processes,

@@ -49,6 +49,8 @@ class Trained:
     def __init__(self, adapter: Path, model: Optional[str]):
         self.adapter = _adapter_folder(adapter)
         self.run = _run_settings(self.adapter)
+        if "seed" in self.run:  # runs from before split_seed shuffled their split with the run's seed
+            self.run.setdefault("split_seed", self.run["seed"])
         self.method = (self.run.get("method") or {}).get("method", "dept")
         self.max_length = None  # the adapter's own s, for dept adapters
         self.kind = None  # the backbone kind a dept adapter was saved with, where it says

@@ -55,7 +55,7 @@ METHOD_NOTES = (
     "scoring memory on the 49k-vocabulary SmolLM2.",
     "Generation on CPU: transformers' generate() asks for the last position's logits through a "
     "non-contiguous slice, and a frozen bf16 output projection on such a slice runs as a bmm over a "
-    "batch-expanded copy of the vocabulary matrix (0.9 GB and ~2.5 s at batch 16 for SmolLM2). "
+    "batch-expanded copy of the vocabulary matrix (batch x hidden x vocabulary). "
     "DePTModel.generate passes an index tensor instead; PEFT and LoRA pay it at every prefill, which "
     "explains most of their lower CPU tokens/s (seen on CPU; not checked on CUDA).",
 )
@@ -225,7 +225,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Command: `{results['command']}`  ",
         f"Date: {results['date']}  ",
         f"Machine: {device}; torch {machine['torch']}, transformers {machine['transformers']}, "
-        f"peft {machine['peft']}, Python {machine['python']}",
+        f"peft {machine['peft']}, Python {machine['python']}  ",
+        f"Code: dept commit {machine.get('dept_commit') or 'unknown'}",
         "",
     ]
     parts.extend(f"> {note}" for note in results.get("notes", []))
