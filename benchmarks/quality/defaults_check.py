@@ -1,12 +1,16 @@
 """Do the default learning rates work? DePT with no rate flags, side by side with DePT at searched
 rates and with prompt tuning at its own defaults, on one task at a short budget, over seeds.
 
-Four arms, each trained once per seed in this one run on this one machine:
+The arms, each trained once per seed in this one run on this one machine (the first four by default):
 - `dept-default`: DePT m=60 (budget-matched rank), no learning-rate flags (dept.rates);
 - `dept-tuned`:   the same at the rates a `dept tune` search chose on validation (`--tuned`);
 - `pt-default`:   prompt tuning l=100 (DePT's parameter count), no rate flags;
 - `pt60-default`: prompt tuning l=60: DePT's prompt without the low-rank pair, which shows what
-                  the pair adds at the default rates.
+                  the pair adds at the default rates;
+- `dept-rule`:    DePT at the default rates times `--rule-reference / --steps`, the budget rule under
+                  test: Adam moves a parameter about `lr` per step, so `lr x steps` sets how far the
+                  prompt and the offsets travel; the rule keeps the distance the defaults travel in
+                  `--rule-reference` steps.
 
 The tuned rates come from `--tuned BEST_JSON` (a `dept tune` best.json, or any JSON object with
 `lr_prompt` and `lr_lowrank`); without it the script runs that search itself first (8 trials, seed 0,
@@ -35,6 +39,7 @@ ARMS = {
     "dept-tuned": ("DePT m=60, searched rates (--tuned)", DEPT),
     "pt-default": ("PT l=100, default rate", METHODS["pt"]),
     "pt60-default": ("PT l=60 (DePT without A·B), default rate", ["--method", "pt", "--budget", "60"]),
+    "dept-rule": ("DePT m=60, default rates x reference/steps (budget rule)", DEPT),
 }
 
 
@@ -68,14 +73,33 @@ def tuned_rates(args: argparse.Namespace) -> list[str]:
     return ["--lr-prompt", repr(rates["lr_prompt"]), "--lr-lowrank", repr(rates["lr_lowrank"])]
 
 
+def rule_rates(args: argparse.Namespace) -> list[str]:
+    """The default rates of `dept train` on this backbone (the same computation, the same dtype), times
+    --rule-reference / --steps."""
+    from dept.backbones import load_backbone
+    from dept.options import MethodOptions
+    from dept.precision import resolve_precision
+    from dept.rates import with_default_rates
+    from dept.train import backbone_dtype
+
+    method = MethodOptions()
+    backbone, _ = load_backbone(args.model, dtype=backbone_dtype(resolve_precision("auto"), method))
+    defaults = with_default_rates(method, backbone)
+    factor = args.rule_reference / args.steps
+    return ["--lr-prompt", repr(defaults.lr_prompt * factor), "--lr-lowrank", repr(defaults.lr_lowrank * factor)]
+
+
 def run_all(args: argparse.Namespace) -> None:
     """Seed by seed, every arm: a cut-off check still compares the arms on the seeds it finished."""
-    tuned = tuned_rates(args) if "dept-tuned" in args.arms else []
+    extras = {
+        "dept-tuned": tuned_rates(args) if "dept-tuned" in args.arms else [],
+        "dept-rule": rule_rates(args) if "dept-rule" in args.arms else [],
+    }
     for seed in range(args.seeds):
         for arm in args.arms:
             flags = ARMS[arm][1]
             folder = args.runs / arm / f"seed-{seed}"
-            extra = tuned if arm == "dept-tuned" else []
+            extra = extras.get(arm, [])
             step(folder, finished,
                  dept("train", "--resume", *common(args, args.steps), *flags, *extra, "--seed", str(seed),
                       "--output-dir", str(folder)))  # fmt: skip
@@ -120,6 +144,7 @@ def markdown(rows: list[dict], settings: dict) -> str:
         ("dept-default", "dept-tuned"),
         ("dept-default", "pt-default"),
         ("dept-default", "pt60-default"),
+        ("dept-rule", "dept-default"),
     ):
         test, validation = paired(rows, arm, other, "test"), paired(rows, arm, other, "validation")
         if test:
@@ -213,7 +238,14 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--trials", type=int, default=8, help="Trials of the search when --tuned is not given.")
     parser.add_argument(
-        "--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="Which arms to train (default: all four)."
+        "--rule-reference", type=int, default=300, help="dept-rule: the budget at which the rule gives the defaults."
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=list(ARMS),
+        default=list(ARMS)[:4],
+        help="Which arms to train (default: the first four).",
     )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

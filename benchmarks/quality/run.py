@@ -149,7 +149,7 @@ def row(task: str, method: str, seed, r: dict, score: str = "test") -> dict:
         "train_seconds": r["train_seconds"] if score == "test" else 0.0,
         "peak_mb": r["peak_memory_mb"] if score == "test" else None,
         "trainable_parameters": r["trainable_parameters"] if score == "test" else 0,
-        "precision": r.get("precision"),
+        "precision": r.get("precision"), "commit": r.get("commit"),
     }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
@@ -50,6 +51,20 @@ RESUME_MUST_MATCH = (
 RESUME_IGNORED = ("resume", "overwrite", "output_dir")
 # Options that, left unset, take a value from the backbone; run.json holds that value.
 BACKBONE_DEFAULTS = ("method.lr_prompt", "method.lr_lowrank")
+
+
+def code_commit() -> Optional[str]:
+    """The git commit of the dept source measured ("+changes" when src/ differs from it); None outside a checkout."""
+    src = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=src, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        return commit + ("+changes" if git("status", "--porcelain", "--", ".") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def atomic_dir(target: Path, write) -> None:

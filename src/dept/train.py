@@ -432,6 +432,7 @@ class Run:
                 **self._rates(),
                 "scoring": self.opts.scoring,
                 "processes": self.accelerator.num_processes,
+                "commit": rundir.code_commit(),
             }
             zero_shot = self.state.get("zero_shot") or {}
             if "validation" in zero_shot:

@@ -15,7 +15,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from dept.bench.timing import primary_clock, summarize, time_interleaved, worklo
 from dept.bench.workloads import Batch, build_backbone, build_batches, plan_workloads
 from dept.methods import LORA_TARGET_MODULES
 from dept.precision import avoid_broken_attention_kernels, cpu_name, cpu_supports_bf16
+from dept.rundir import code_commit
 
 logger = logging.getLogger(__name__)
 
@@ -209,20 +209,6 @@ def machine_facts() -> dict[str, Any]:
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name(0)
     return facts
-
-
-def code_commit() -> Optional[str]:
-    """The git commit of the dept source measured ("+changes" when src/ differs from it); None outside a checkout."""
-    src = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=src, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short=12", "HEAD")
-        return commit + ("+changes" if git("status", "--porcelain", "--", ".") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _loadavg() -> Optional[float]:
