@@ -2,7 +2,7 @@
 # Reproduce the committed efficiency results in this folder.
 #
 # CPU part: SmolLM2-135M (glue/sst2 and glue/rte input lengths with dynamic padding, and the
-# paper's pad-to-256) and random-weight T5-small/base/large shapes: about 25-30 min on 2 CPU cores.
+# paper's pad-to-256) and random-weight T5-small/base/large shapes: about 80 min on 2 CPU cores.
 # GPU part (T5 shapes + a ~1B Llama, bf16, batch 64): runs as well when torch sees a CUDA device,
 # otherwise it is skipped with a note in results.md.
 #
