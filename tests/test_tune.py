@@ -174,7 +174,7 @@ def test_killed_search_resumes_to_the_same_total(tiny_setup, tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.glob("trial-*")) == ["trial-0000", "trial-0001", "trial-0003"]
     logged = [json.loads(line) for line in (tmp_path / "trial-0001" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "val_accuracy" in r] == [3, 6]  # resumed from its checkpoint
-    assert list(rows[2]["intermediate"]) == ["6"]
+    assert list(rows[2]["intermediate"]) == ["3", "6"]  # killed before its step-3 evaluation: the retry ran it
 
     # --trials counts finished trials: the same command again has nothing left to do.
     assert tune(options(tiny_setup, None), search(tiny_setup, tmp_path))["finished"] == 3

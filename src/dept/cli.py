@@ -29,8 +29,10 @@ from dept.options import (
     UsageError,
     check_at_least,
     check_choice,
+    not_utf8,
     options_from,
     read_config,
+    read_text,
 )
 from dept.trained import Trained, model_kind_of
 
@@ -104,7 +106,8 @@ def train(
         None, help=f"Evaluate every N steps (default {T.eval_every}; main job {MAIN_JOB['eval_every']})."
     ),
     save_every: Optional[int] = typer.Option(
-        T.save_every, help="Checkpoint every N steps, without evaluating (default: --eval-every)."
+        T.save_every,
+        help="Checkpoint every N steps, without evaluating (default: --eval-every); each evaluation is checkpointed first.",
     ),
     eval_samples: Optional[int] = typer.Option(None, help="Evaluate on the first N validation examples."),
     test_samples: Optional[int] = typer.Option(None, help="Test on the first N test examples."),
@@ -362,7 +365,10 @@ def _read_inputs(path: Path) -> list[str]:
     name = "stdin" if str(path) == "-" else str(path)
     if name != "stdin" and not path.is_file():
         raise UsageError(f"--input {path} is not a file.")
-    text = sys.stdin.read() if name == "stdin" else path.read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if name == "stdin" else read_text(path, "--input")
+    except UnicodeDecodeError as err:  # stdin
+        raise UsageError(f"--input {not_utf8(name, err)}") from None
     sources = []
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
@@ -414,14 +420,34 @@ def predict(
         return
     max_length = trained.setting("max_length", "--max-length", None, trained.max_length or M.max_length)
 
+    from dept.data import count_long, target_ids
     from dept.precision import resolve_precision
     from dept.scoring import candidates_for, generate_texts, rank_scores
 
     model_, tokenizer = trained.load()
     kind = model_kind_of(model_)
     precision = resolve_precision(precision)
+    candidates, values = candidates_for(spec) if spec is not None else (None, None)
+    fits = max_length  # source tokens that fit: a causal row holds the answer (or the generated text) too
+    if kind == "causal" and spec is None:
+        if max_new_tokens >= max_length:
+            raise UsageError(
+                f"--max-new-tokens {max_new_tokens} leaves no room for the input in the adapter's max_length of "
+                f"{max_length} tokens; choose --max-new-tokens below {max_length}."
+            )
+        fits -= max_new_tokens
+    elif kind == "causal":
+        fits -= max(len(target_ids(tokenizer, c, kind)) for c in candidates)
+    cut = count_long(tokenizer, sources, fits)
+    if cut:
+        logger.warning(
+            "%d of %d inputs are longer than the %d tokens that fit (max_length=%d); their text is cut to fit.",
+            cut,
+            len(sources),
+            fits,
+            max_length,
+        )
     if spec is not None:
-        candidates, values = candidates_for(spec)
         scores = rank_scores(model_, tokenizer, kind, sources, candidates, max_length, batch_size, precision)
         rows = [
             {

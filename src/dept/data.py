@@ -93,3 +93,8 @@ def count_truncated(tokenizer, examples, kind: str, max_length: int, encoded=Non
     full = tokenizer([e.source for e in examples])["input_ids"] if examples else []
     kept = [enc.labels.count(-100) if kind == "causal" else len(enc.input_ids) for enc in encoded]
     return sum(k < len(f) for k, f in zip(kept, full))
+
+
+def count_long(tokenizer, sources: Sequence[str], limit: int) -> int:
+    """How many sources have more than `limit` tokens (encode() cuts them to fit)."""
+    return sum(len(ids) > limit for ids in tokenizer(list(sources))["input_ids"]) if sources else 0

@@ -90,7 +90,7 @@ def lora_config(kind: str, rank: int):
 
 def optimizer_for(opts: MethodOptions, model: nn.Module) -> torch.optim.Optimizer:
     if opts.method in ("dept", "pt"):
-        return create_optimizer(model, opts.lr_prompt, opts.lr_lowrank, opts.lr_head)
+        return create_optimizer(model, opts.lr_prompt, opts.lr_lowrank, lr_head=opts.lr_head)
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW([{"params": params, "lr": opts.lr, "name": "all"}], weight_decay=0.0, eps=1e-6)
 

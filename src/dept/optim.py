@@ -16,8 +16,9 @@ def parameter_groups(
     model: nn.Module,
     lr_prompt: float,
     lr_lowrank: float,
-    lr_head: float = MethodOptions.lr_head,
     weight_decay: float = 0.0,
+    *,
+    lr_head: float = MethodOptions.lr_head,
 ) -> list[dict]:
     """Prompt vectors learn at `lr_prompt`, A and B at `lr_lowrank`, a classifier's trainable head
     (an ordinary linear layer, far from the prompt's scale) at `lr_head`."""
@@ -40,11 +41,13 @@ def create_optimizer(
     model: nn.Module,
     lr_prompt: float,
     lr_lowrank: float,
-    lr_head: float = MethodOptions.lr_head,
     weight_decay: float = 0.0,
     eps: float = 1e-6,
+    *,
+    lr_head: float = MethodOptions.lr_head,
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, lr_prompt, lr_lowrank, lr_head, weight_decay), eps=eps)
+    groups = parameter_groups(model, lr_prompt, lr_lowrank, weight_decay, lr_head=lr_head)
+    return torch.optim.AdamW(groups, eps=eps)
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):

@@ -22,6 +22,11 @@ SCORINGS = ("rank", "generate")
 SPLITS = ("train", "validation", "test")
 POLICIES = ("mixed", "adapter", "none")  # how `dept serve` batches requests (dept.serve.scheduler)
 CUSTOM_PREFIXES = ("csv:", "tsv:", "jsonl:")
+CUSTOM_TASK_OPTIONS = ("text_fields", "label_field", "task_type")  # task_options a custom task takes
+# Ceilings no real run reaches, so an absurd size is refused before anything is allocated.
+MAX_LEARNING_RATE = 1e3  # Adam moves a parameter by about lr per step; embeddings' RMS is O(1) (defaults: 6 x RMS)
+MAX_TOKENS = 2**20  # --max-length, --prompt-length, --budget (the backbone's own position limit is checked too)
+MAX_GLOBAL_BATCH = 2**16  # --batch-size x --grad-accum: sequences per optimizer step
 
 
 class UsageError(ValueError):
@@ -38,10 +43,31 @@ def check_at_least(flag: str, value: Optional[float], low: float) -> None:
         raise UsageError(f"{flag} must be at least {low:g}; got {value}.")
 
 
+def check_at_most(flag: str, value: Optional[float], high: float, why: str) -> None:
+    if value is not None and value > high:
+        limit = f"{high:g}" if isinstance(high, float) else f"{high:,}"
+        raise UsageError(f"{flag} must be at most {limit} ({why}); got {value}.")
+
+
 def check_learning_rate(flag: str, value: float) -> None:
-    """A non-finite or non-positive rate can only produce a NaN adapter (or none at all)."""
+    """A non-finite, non-positive or absurd rate can only produce a diverged adapter (or none at all)."""
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise UsageError(f"{flag} must be a finite number above 0; got {value}.")
+    check_at_most(flag, value, MAX_LEARNING_RATE, "Adam moves each parameter by about the rate per step")
+
+
+def not_utf8(path: Any, err: UnicodeDecodeError) -> str:
+    """The one-line message for a file that does not decode as UTF-8."""
+    byte = err.object[err.start : err.start + 1].hex()
+    return f"{path} is not UTF-8 text (byte 0x{byte}: {err.reason}); save it as UTF-8."
+
+
+def read_text(path: Path, flag: str = "") -> str:
+    """A text file's contents, or one line naming the file (and its flag) if it is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{flag + ' ' if flag else ''}{not_utf8(path, err)}") from None
 
 
 def is_custom_task(task: str) -> bool:
@@ -84,6 +110,12 @@ class MethodOptions:
             ("--lora-rank", self.lora_rank),
         ):
             check_at_least(flag, value, 1)
+        for flag, value in (
+            ("--budget", self.budget),
+            ("--prompt-length", self.prompt_length),
+            ("--max-length", self.max_length),
+        ):
+            check_at_most(flag, value, MAX_TOKENS, "tokens")
         check_at_least("--rank", self.rank, 0)
         if self.rank is not None and self.rank > self.max_length:
             raise UsageError(
@@ -101,6 +133,8 @@ class MethodOptions:
                 check_learning_rate(flag, value)
         if self.init_from is not None and not Path(self.init_from).is_dir():
             raise UsageError(f"--init-from {self.init_from} is not a folder; give an adapter folder such as RUN/best.")
+        if self.init_from is not None and self.method not in ("dept", "pt"):
+            raise UsageError(f"--init-from starts from a DePT or PT adapter; --method {self.method} cannot use it.")
 
 
 @dataclass
@@ -168,6 +202,11 @@ class TrainOptions:
             ("--test-samples", self.test_samples),
         ):
             check_at_least(flag, value, 0)
+        if self.batch_size * self.grad_accum > MAX_GLOBAL_BATCH:
+            raise UsageError(
+                f"--batch-size {self.batch_size} x --grad-accum {self.grad_accum} is more than {MAX_GLOBAL_BATCH} "
+                "sequences per optimizer step; choose smaller ones."
+            )
         if not math.isfinite(self.max_grad_norm) or self.max_grad_norm < 0:
             raise UsageError(
                 f"--max-grad-norm must be a finite number >= 0 (0 = no clipping); got {self.max_grad_norm}."
@@ -176,6 +215,7 @@ class TrainOptions:
             raise UsageError("--resume continues the run in the output folder and --overwrite replaces it; pass one.")
         if self.task_options and not is_custom_task(self.task):
             raise UsageError(f"--text-fields/--label-field apply to csv:/tsv:/jsonl: tasks, not {self.task!r}.")
+        self._check_task_options()
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise UsageError(
                 f"--data-dir {self.data_dir} is not a folder; give the folder that holds glue/ and superglue/."
@@ -183,6 +223,21 @@ class TrainOptions:
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--output-dir {self.out} is a file; give a folder for the run.")
         self.method.validate()
+
+    def _check_task_options(self) -> None:
+        """task_options (from --config) are the custom task's keyword arguments: known names, right types."""
+        for key, value in self.task_options.items():
+            if key not in CUSTOM_TASK_OPTIONS:
+                close = difflib.get_close_matches(key, CUSTOM_TASK_OPTIONS, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(CUSTOM_TASK_OPTIONS)}"
+                raise UsageError(f"task_options: unknown option {key!r} ({hint}).")
+            if key == "text_fields":
+                ok = value is None or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))
+            else:
+                ok = isinstance(value, str) or (key == "task_type" and value is None)
+            if not ok:
+                kind = "a non-empty list of column names" if key == "text_fields" else "a string"
+                raise UsageError(f"task_options: {key} must be {kind}; got {json.dumps(value)}.")
 
 
 # ----- one flat namespace of option names: --config files, best.json, tune's trials ------------------------------
@@ -236,7 +291,7 @@ def check_flat(values: Mapping[str, Any], source: str) -> dict[str, Any]:
 def read_config(path: Path) -> dict[str, Any]:
     """`dept train --config FILE`: a JSON object of option names (`lr_prompt`, `max_steps`, ...) and values."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "--config"))
     except json.JSONDecodeError as err:
         raise UsageError(
             f"--config {path}: invalid JSON ({err.msg} at line {err.lineno}, column {err.colno})."

@@ -53,6 +53,11 @@ RESUME_IGNORED = ("resume", "overwrite", "output_dir")
 BACKBONE_DEFAULTS = ("method.lr_prompt", "method.lr_lowrank")
 
 
+def with_split_seed(run: dict) -> dict:
+    """A run.json from before `split_seed` existed shuffled its paper split with its `seed`: say so."""
+    return {"split_seed": run["seed"], **run} if "seed" in run else run
+
+
 def code_commit() -> Optional[str]:
     """The git commit of the dept source measured ("+changes" when src/ differs from it); None outside a checkout."""
     src = Path(__file__).resolve().parent
@@ -72,8 +77,13 @@ def atomic_dir(target: Path, write) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+    except OSError as err:  # a full disk: free what was written, keep the previous folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the previous {target.name}/ is intact" if restorable(target) else f"no {target.name}/ was saved"
+        raise OSError(err.errno, f"Could not write {target} ({err.strerror or err}); {kept}.") from err
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
@@ -88,12 +98,28 @@ def atomic_file(target: Path, write) -> None:
     os.replace(tmp, target)
 
 
-def trim_log(path: Path, step: int) -> None:
-    """Drop what a killed run logged after its last checkpoint (all of it for a fresh run)."""
+def read_log(path: Path) -> list[dict]:
+    """The records of an append-only log; a torn last line (a kill mid-append) is dropped."""
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").split("\n") if line.strip()]
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if lineno == len(lines):
+                logger.warning("%s: dropping its torn last line %d (%s)", path, lineno, err.msg)
+                break
+            raise UsageError(f"{path} line {lineno} is not JSON ({err.msg}); remove the line or --overwrite.") from None
+    return records
+
+
+def trim_log(path: Path, step: int, evals: bool = True) -> None:
+    """Drop what a killed run logged after its last checkpoint (all of it for a fresh run), and
+    its evaluation at that step too unless `evals` (the evaluation will run again)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = [r for r in read_log(path) if r["step"] < step or (r["step"] == step and (evals or "loss" in r))]
+    atomic_file(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8"))
 
 
 def restorable(target: Path) -> Optional[Path]:
@@ -156,9 +182,9 @@ def _check_resume(out: Path, opts: TrainOptions) -> None:
     """--resume continues the same training: refuse another task, method, model or adapter shape."""
     try:
         stored = _flat(json.loads((out / RUN_FILE).read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, AttributeError) as err:
+    except (ValueError, AttributeError) as err:  # invalid JSON, not UTF-8, not an object
         raise UsageError(f"{out / RUN_FILE} is unreadable ({err}); --overwrite starts the run afresh.") from None
-    stored.setdefault("split_seed", stored.get("seed"))  # runs from before split_seed split with their seed
+    stored = with_split_seed(stored)
     new = _flat(json.loads(json.dumps(jsonable(opts))))
     changed = {
         k: (stored[k], v)

@@ -9,6 +9,7 @@ take six) share one pass over the source and continue from its KV cache.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -20,6 +21,7 @@ from dept.kinds import cache_name
 from dept.loss import last_logits
 from dept.model import DePTModel
 from dept.precision import autocast
+from dept.tasks.registry import MAX_REGRESSION_CANDIDATES, REGRESSION_STEP, regression_candidates
 
 
 @dataclass
@@ -273,7 +275,13 @@ def candidates_for(task) -> tuple[list[str], Optional[torch.Tensor]]:
     if not task.is_regression:
         return list(task.label_words), None
     low, high = task.value_range or (0.0, 5.0)
-    values = sorted({float(task.target_fn(low + 0.2 * i)) for i in range(int(round((high - low) / 0.2)) + 1)})
+    count = regression_candidates(low, high) if math.isfinite(high - low) else math.inf
+    if count > MAX_REGRESSION_CANDIDATES:
+        raise ValueError(
+            f"{task.name}: its value range {low:g}..{high:g} needs {count:,} score strings to rank, over the "
+            f"limit of {MAX_REGRESSION_CANDIDATES}."
+        )
+    values = sorted({float(task.target_fn(low + REGRESSION_STEP * i)) for i in range(count)})
     return [task.target_fn(v) for v in values], torch.tensor(values)
 
 

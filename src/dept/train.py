@@ -9,15 +9,19 @@ checkpoint replays exactly the batches an uninterrupted run would have seen.
 
 A run never loses or mixes work: it holds an OS lock on its output folder, refuses a folder that
 already holds a run unless told to --resume (same task, method, model and adapter shape) or to
---overwrite it, and never saves parameters that are not finite.
+--overwrite it, and never saves a diverged model (parameters that are not finite or have exploded).
+The resumable checkpoint is saved before each evaluation, so a failing evaluation costs no training.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
+import math
+import pickle
 import resource
 import time
 from collections.abc import Callable
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors import SafetensorError
 
 from dept import methods, rundir
 from dept._extras import requires
@@ -35,7 +40,7 @@ from dept.loss import label_count, lm_loss
 from dept.optim import create_scheduler
 from dept.options import MethodOptions, TrainOptions, UsageError
 from dept.precision import autocast, avoid_broken_attention_kernels, resolve_precision
-from dept.rates import with_default_rates
+from dept.rates import embedding_rms, with_default_rates
 from dept.scoring import evaluate
 
 with requires("train"):
@@ -46,6 +51,10 @@ with requires("train"):
 logger = logging.getLogger(__name__)
 
 __all__ = ["MethodOptions", "TrainOptions", "Run", "train"]
+
+# A trainable parameter whose RMS grows past this many times its starting scale (the larger of the
+# backbone's embedding RMS and the parameters' own RMS at the start) has diverged: no run needs it.
+DIVERGENCE_FACTOR = 1e4
 
 
 def batch_rows(step: int, micro: int, opts: TrainOptions, n: int, rank: int, world: int) -> list[int]:
@@ -62,6 +71,11 @@ def batch_rows(step: int, micro: int, opts: TrainOptions, n: int, rank: int, wor
             cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed * 1_000_003 + epoch))
         rows.append(int(cache[epoch][pos % n]))
     return rows[rank::world]
+
+
+def rms(param: torch.Tensor) -> float:
+    """Root mean square of a tensor (inf when its squares overflow, NaN when it holds a NaN)."""
+    return float(torch.linalg.vector_norm(param.detach().float())) / math.sqrt(param.numel()) if param.numel() else 0.0
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -130,9 +144,13 @@ class Run:
             if not split:
                 raise UsageError(f"The {name} split of {opts.task} is empty; check the data source.")
         self.backbone, self.tokenizer = load_backbone(opts.model, dtype=backbone_dtype(self.precision, opts.method))
+        self._check_positions()
         self.opts = opts = dataclasses.replace(opts, method=with_default_rates(opts.method, self.backbone))
         self.kind = model_kind(self.backbone)
+        scale = embedding_rms(self.backbone)
         self.model = methods.build(opts.method, self.backbone, self.tokenizer, self.kind)
+        self._check_init_shape()
+        self.scale = max([scale, *(rms(p) for p in self.model.parameters() if p.requires_grad)])
         if opts.gradient_checkpointing:
             target = self.model if hasattr(self.model, "gradient_checkpointing_enable") else self.backbone
             target.gradient_checkpointing_enable()
@@ -151,6 +169,43 @@ class Run:
             "zero_shot": None,
         }
         self.saved_step: Optional[int] = None  # step of the checkpoint on disk (all saves are finite)
+
+    def _check_positions(self) -> None:
+        """Prompt + input must fit the backbone's positions: refused before any adapter is allocated."""
+        m = self.opts.method
+        config = self.backbone.config
+        limit = getattr(getattr(config, "get_text_config", lambda **_: config)(), "max_position_embeddings", None)
+        prompt = {"dept": m.prompt_length, "pt": m.budget}.get(m.method, 0)
+        if isinstance(limit, int) and prompt + m.max_length > limit:
+            flags = f"--max-length {m.max_length}" + (
+                f" + the prompt's {prompt} tokens ({'--prompt-length' if m.method == 'dept' else '--budget'})"
+                if prompt
+                else ""
+            )
+            raise UsageError(
+                f"{flags} is more than the {limit} positions of {self.opts.model} (max_position_embeddings); "
+                "choose smaller sizes."
+            )
+
+    def _check_init_shape(self) -> None:
+        """--init-from trains the adapter it loads: the run's shape options must be that adapter's."""
+        m = self.opts.method
+        if not m.init_from:
+            return
+        loaded = self.model.adapters[self.model.active_adapter].config
+        asked = methods.dept_config(m, self.backbone.get_input_embeddings().weight.shape[1])
+        shape = ("prompt_length", "rank", "max_length")
+        if any(getattr(loaded, k) != getattr(asked, k) for k in shape):
+            flags = (
+                f"--prompt-length {loaded.prompt_length} --rank {loaded.rank}"
+                if m.method == "dept"
+                else f"--budget {loaded.prompt_length}"
+            )
+            raise UsageError(
+                f"--init-from {m.init_from} holds an adapter with m={loaded.prompt_length}, r={loaded.rank}, "
+                f"s={loaded.max_length}, but this run's options give m={asked.prompt_length}, r={asked.rank}, "
+                f"s={asked.max_length}; pass {flags} --max-length {loaded.max_length} to continue that adapter."
+            )
 
     def _warn_truncation(self) -> None:
         """One warning per run: silently cut inputs (RTE's second sentence) would be a silent loss."""
@@ -219,51 +274,85 @@ class Run:
         fix = "lower the learning rates (--lr-prompt/--lr-lowrank/--lr) or use --precision fp32"
         if self.saved_step is None:
             return f"No checkpoint was saved yet: {fix} and rerun with --overwrite."
-        return f"The last finite checkpoint is {self.out / rundir.CHECKPOINT} (step {self.saved_step}): {fix} and rerun with --resume."
+        return (
+            f"The last checkpoint before it diverged is {self.out / rundir.CHECKPOINT} (step {self.saved_step}): "
+            f"{fix} and rerun with --resume."
+        )
 
     def _check_finite(self) -> None:
-        """Never save a diverged model: a NaN checkpoint would become best/ and break every --resume."""
+        """Never save a diverged model (NaN, inf, or exploded far past its starting scale): such a
+        checkpoint would become best/ and break every --resume."""
+        limit = DIVERGENCE_FACTOR * self.scale
         for name, param in self.unwrapped.named_parameters():
-            if param.requires_grad and not torch.isfinite(param).all():
-                raise FloatingPointError(
-                    f"Parameter {name} is not finite after step {self.state['step']} of "
-                    f"{self.opts.task}; it was not saved. {self._advice()}"
-                )
+            size = rms(param) if param.requires_grad else 0.0
+            if size <= limit:
+                continue
+            what = (
+                "is not finite"
+                if not torch.isfinite(param).all()
+                else f"has exploded (RMS {size:.3g}, over {DIVERGENCE_FACTOR:g} x the starting scale {self.scale:.3g})"
+            )
+            raise FloatingPointError(
+                f"Parameter {name} {what} after step {self.state['step']} of {self.opts.task}; it was not saved. "
+                f"{self._advice()}"
+            )
 
     def _save_checkpoint(self) -> None:
+        """The resumable checkpoint (state["pending_eval"]: saved before this step's evaluation, which a
+        resume then redoes)."""
         self._check_finite()
         self.saved_step = self.state["step"]
         if not self.accelerator.is_main_process:
             return
 
         def write(tmp: Path) -> None:
-            methods.save(self.opts.method, self.unwrapped, tmp / "model", self.tokenizer)
-            torch.save(
-                {
+            try:
+                methods.save(self.opts.method, self.unwrapped, tmp / "model", self.tokenizer)
+                trainer_state = {
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "rng": torch.get_rng_state(),
-                },
-                tmp / "trainer_state.pt",
-            )
+                }
+                torch.save(trainer_state, tmp / "trainer_state.pt")
+            except (RuntimeError, SafetensorError) as err:  # how torch and safetensors report a failed write
+                raise OSError(errno.EIO, _first_line(err)) from err
             (tmp / "state.json").write_text(json.dumps(self.state))
 
         rundir.atomic_dir(self.out / rundir.CHECKPOINT, write)
+
+    def _save_state(self) -> None:
+        """Put this step's evaluation (best, bad_evals) into the checkpoint saved just before it."""
+        self.state["pending_eval"] = False
+        folder = rundir.restorable(self.out / rundir.CHECKPOINT)
+        if self.accelerator.is_main_process and folder is not None:
+            rundir.atomic_file(folder / "state.json", lambda tmp: tmp.write_text(json.dumps(self.state)))
 
     def _restore(self) -> bool:
         path = rundir.restorable(self.out / rundir.CHECKPOINT)
         if path is None:
             logger.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
             return False
-        methods.load_weights(self.opts.method, self.unwrapped, path / "model")
-        saved = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
+        file = path / "state.json"
+        try:
+            state = json.loads(file.read_text(encoding="utf-8"))
+            step = state["step"]
+            file = path / "trainer_state.pt"
+            saved = torch.load(file, map_location="cpu", weights_only=True)
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            rng = saved["rng"]
+            file = path / "model"
+            methods.load_weights(self.opts.method, self.unwrapped, file)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            raise UsageError(
+                f"--resume: {file} is unreadable ({_first_line(err)}); the checkpoint is torn or corrupt. "
+                f"Pass --overwrite to start again, or put back a copy of {path}."
+            ) from err
         self._apply_learning_rates()
-        torch.set_rng_state(saved["rng"])
-        self.state = json.loads((path / "state.json").read_text())
-        self.saved_step = self.state["step"]
-        logger.info("resumed from %s at step %d", path, self.state["step"])
+        torch.set_rng_state(rng)
+        self.state = state
+        self.saved_step = step
+        logger.info("resumed from %s at step %d", path, step)
         return True
 
     def _apply_learning_rates(self) -> None:
@@ -287,7 +376,6 @@ class Run:
         }
 
     def _eval_and_select(self) -> dict:
-        self._check_finite()
         metrics = {}
         if self.accelerator.is_main_process:
             metrics = self._evaluate(self.val_set)
@@ -333,10 +421,12 @@ class Run:
                 raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
             self.writer = SummaryWriter(self.out / "tensorboard")
         if self.accelerator.is_main_process:
-            (self.out / rundir.RUN_FILE).write_text(json.dumps(rundir.jsonable(opts), indent=2))
+            run = json.dumps(rundir.jsonable(opts), indent=2)
+            rundir.atomic_file(self.out / rundir.RUN_FILE, lambda tmp: tmp.write_text(run, encoding="utf-8"))
         resumed = opts.resume and self._restore()
+        pending_eval = bool(self.state.get("pending_eval"))  # a run stopped during its evaluation: redo it
         if self.accelerator.is_main_process:
-            rundir.trim_log(self.out / "metrics.jsonl", self.state["step"])
+            rundir.trim_log(self.out / "metrics.jsonl", self.state["step"], evals=not pending_eval)
         if opts.zero_shot and not resumed and self.accelerator.is_main_process:
             # Before any step: LoRA and full fine-tuning change the backbone in place.
             zero_shot = {"validation": self._evaluate(self.val_set, model=self.backbone)}
@@ -351,10 +441,27 @@ class Run:
             desc=f"{opts.method.method} {opts.task}",
             disable=not self.accelerator.is_main_process,
         )
+        try:
+            self._train(bar, pending_eval)
+        finally:
+            bar.close()  # before any error line, so that starts a line of its own
+        return self._finish(device)
+
+    def _evaluate_step(self) -> bool:
+        """Evaluate after the checkpoint is saved, record it there; True when patience says stop."""
+        self._eval_and_select()
+        self._save_state()
+        stop = bool(self.opts.patience) and self.state["bad_evals"] >= self.opts.patience
+        if stop:
+            logger.info("early stop at step %d: no gain in %d evaluations", self.state["step"], self.opts.patience)
+        return stop
+
+    def _train(self, bar, pending_eval: bool) -> None:
+        opts, device = self.opts, self.accelerator.device
         self.model.train()  # the backbone's own dropout on, as the official code trains
         n = len(self.encoded)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        stop = False
+        stop = pending_eval and self._evaluate_step()
         while self.state["step"] < opts.max_steps and not stop:
             started = time.perf_counter()
             batches = [
@@ -396,18 +503,14 @@ class Run:
             if step % opts.log_every == 0 or step == 1:
                 self._log({"step": step, "loss": mean_loss, **lrs, "samples_per_s": samples / elapsed})
             eval_now = step % opts.eval_every == 0 or step == opts.max_steps
-            if eval_now:
-                self._eval_and_select()
-                if opts.patience and self.state["bad_evals"] >= opts.patience:
-                    logger.info("early stop at step %d: no gain in %d evaluations", step, opts.patience)
-                    stop = True
-            save_now = step % (opts.save_every or opts.eval_every) == 0 or step == opts.max_steps or stop
-            if save_now:
+            save_now = eval_now or step % (opts.save_every or opts.eval_every) == 0
+            if save_now:  # before evaluating: an evaluation that fails costs no training
+                self.state["pending_eval"] = eval_now
                 self._save_checkpoint()
-            if eval_now or save_now:
+            if eval_now:
+                stop = self._evaluate_step()
+            if save_now:
                 self.accelerator.wait_for_everyone()
-        bar.close()
-        return self._finish(device)
 
     def _finish(self, device) -> dict:
         results: dict[str, Any] = {}
@@ -442,12 +545,18 @@ class Run:
                 results["test"] = self._evaluate(self.test_set)
                 if "test" in zero_shot:
                     results["zero_shot_test"] = zero_shot["test"]
-            (self.out / "results.json").write_text(json.dumps(results, indent=2))
+            text = json.dumps(results, indent=2)
+            rundir.atomic_file(self.out / "results.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
             from dept.plots import training_curve
 
             training_curve(self.out / "metrics.jsonl", self.out / "training_curve.png", self.task.main_metric)
         self.accelerator.wait_for_everyone()
         return results
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
 
 
 def backbone_dtype(precision: str, method: MethodOptions) -> torch.dtype:

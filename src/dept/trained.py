@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from dept import rundir
 from dept._extras import requires
 from dept.options import UsageError
 
@@ -20,7 +21,7 @@ def _run_settings(adapter: Path) -> dict:
         if (folder / "run.json").is_file():
             try:
                 run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
+            except ValueError as err:  # not JSON, or not UTF-8
                 raise UsageError(f"{folder / 'run.json'} is not valid JSON ({err}).") from None
             if not isinstance(run, dict):
                 raise UsageError(f"{folder / 'run.json'} does not hold a JSON object.")
@@ -48,9 +49,7 @@ class Trained:
 
     def __init__(self, adapter: Path, model: Optional[str]):
         self.adapter = _adapter_folder(adapter)
-        self.run = _run_settings(self.adapter)
-        if "seed" in self.run:  # runs from before split_seed shuffled their split with the run's seed
-            self.run.setdefault("split_seed", self.run["seed"])
+        self.run = rundir.with_split_seed(_run_settings(self.adapter))
         self.method = (self.run.get("method") or {}).get("method", "dept")
         self.max_length = None  # the adapter's own s, for dept adapters
         self.kind = None  # the backbone kind a dept adapter was saved with, where it says

@@ -47,6 +47,13 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     opts = dataclasses.replace(opts, targets=opts.targets_file())
     targets = load_targets(opts.targets)
     torch.set_flush_denormal(True)  # random weights can produce denormals; x86 runs them slowly
+    try:
+        return _run_workloads(opts, targets)
+    finally:
+        torch.set_flush_denormal(False)  # process-wide CPU state: leave the caller's process as it was
+
+
+def _run_workloads(opts: BenchOptions, targets) -> dict[str, Any]:
     avoid_broken_attention_kernels()
     workloads, notes = plan_workloads(opts)
     if opts.quick:  # tiny models: one probe process per workload and one thread are plenty

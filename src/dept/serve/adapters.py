@@ -5,10 +5,16 @@ runtime from under `--adapter-root` only. Registering reads and checks the files
 only, the right backbone and shapes), so a bad adapter is refused before a request needs it. The
 model holds at most `max_loaded` of them: the scheduler's thread loads one when a request needs it
 and evicts the least recently used; an evicted adapter stays registered and comes back on demand.
+
+An adapter registered by a request reads nothing outside the root: its folder, every file of it
+(`adapter_config.json`, `adapter_model.safetensors`, `run.json`, …) and the `run.json` found above
+it must resolve inside the root, symlinks included (403 otherwise, checked again at each load); a
+malformed path (a NUL byte, …) is a 400.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -16,12 +22,12 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from dept import checkpoint
 from dept.model import BASE, DePTModel
 from dept.options import UsageError
-from dept.trained import Trained
+from dept.trained import _adapter_folder, _run_settings
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -48,6 +54,8 @@ class Adapter:
     task: Optional[str]  # from the run that trained it, for /v1/classify
     task_options: dict = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
+    root: Optional[Path] = None  # registered by a request: its files must stay under this root
+    built_task: Any = field(default=None, repr=False)  # its own task, once a request built it
 
 
 class AdapterStore:
@@ -65,7 +73,7 @@ class AdapterStore:
     # ----- registry (any thread) -------------------------------------------------------------
     def register(self, name: str, path: Path, from_request: bool = False) -> Adapter:
         """Check the adapter's files and offer it under `name`. Requests may load only from under the root."""
-        if not NAME.match(name) or name in (BASE, self.model_name):
+        if not NAME.fullmatch(name) or name in (BASE, self.model_name):
             raise ServeError(
                 400,
                 f"Adapter name {name!r} is not allowed: use letters, digits and ._:/- (up to 128), "
@@ -73,35 +81,39 @@ class AdapterStore:
                 "name",
             )
         path = Path(path)
+        root = None
         if from_request:
-            path = self._under_root(path)
+            path, root = self._under_root(path), self.root
         try:
-            trained = Trained(path, self.model_name)
-            if trained.method not in ("dept", "pt"):
-                raise ServeError(
-                    400, f"{path} is a --method {trained.method} run; dept serve serves DePT and PT adapters."
-                )
-            if not (trained.adapter / checkpoint.WEIGHTS_NAME).is_file():
+            folder, run = _inspect(path, root)
+            if not folder.is_dir():
+                raise ServeError(400, f"Cannot serve {path}: it is not a folder.", "path")
+            method = run.get("method") or {}
+            method = method.get("method", "dept") if isinstance(method, dict) else method
+            if method not in ("dept", "pt"):
+                raise ServeError(400, f"{path} is a --method {method} run; dept serve serves DePT and PT adapters.")
+            if not (folder / checkpoint.WEIGHTS_NAME).is_file():
                 raise ServeError(
                     400,
-                    f"{trained.adapter} has no {checkpoint.WEIGHTS_NAME}; the server loads safetensors only "
+                    f"{folder} has no {checkpoint.WEIGHTS_NAME}; the server loads safetensors only "
                     "(`dept convert` turns an official checkpoint into one).",
                 )
-            config, tensors, backbone = checkpoint.read_adapter(trained.adapter)
-            checkpoint.check_backbone(backbone, self.model.backbone_info(), trained.adapter)
-            checkpoint.check_shapes(config, tensors, self.model.hidden_size, trained.adapter)
-        except (UsageError, ValueError, OSError) as err:
-            if isinstance(err, ServeError):
-                raise
+            config, tensors, backbone = checkpoint.read_adapter(folder)
+            checkpoint.check_backbone(backbone, self.model.backbone_info(), folder)
+            checkpoint.check_shapes(config, tensors, self.model.hidden_size, folder)
+        except ServeError:
+            raise
+        except (UsageError, ValueError, OSError, RuntimeError) as err:
             raise ServeError(400, f"Cannot serve {path}: {err}") from None
-        run = trained.run
+        task, options = run.get("task"), run.get("task_options") or {}
         adapter = Adapter(
             name,
-            trained.adapter,
+            folder,
             config.max_length,
             config.prompt_length,
-            run.get("task"),
-            run.get("task_options") or {},
+            task if isinstance(task, str) else None,
+            options if isinstance(options, dict) else {},
+            root=root,
         )
         with self._lock:
             if name in self._registered:
@@ -112,10 +124,7 @@ class AdapterStore:
     def _under_root(self, path: Path) -> Path:
         if self.root is None:
             raise ServeError(403, "Loading adapters at runtime is off; start the server with --adapter-root DIR.")
-        resolved = (self.root / path).resolve()  # an absolute path stays itself
-        if not resolved.is_relative_to(self.root):
-            raise ServeError(403, f"{path} is outside the adapter root; only adapters under it can be loaded.", "path")
-        return resolved
+        return _inside(self.root / path, self.root, path)  # an absolute path stays itself
 
     def unregister(self, name: str) -> None:
         with self._lock:
@@ -159,6 +168,8 @@ class AdapterStore:
                     if victim is None:
                         break
                     self._unload(victim)
+                if adapter.root is not None:  # its files may have changed since it was registered
+                    _inspect(adapter.path, adapter.root)
                 self.model.load_adapter(adapter.path, name)
                 self._loaded[name] = adapter
         return gone
@@ -170,3 +181,42 @@ class AdapterStore:
 
     def loaded(self) -> list[str]:
         return list(self._loaded)
+
+
+def _inside(path: Path, root: Path, shown: Optional[Path] = None) -> Path:
+    """`path` resolved (symlinks followed); 403 unless it lies under `root`, 400 if it is no usable path."""
+    shown = path if shown is None else shown
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a NUL byte, a symlink loop, a name too long
+        raise ServeError(400, f"{str(shown)[:300]!r} is not a valid path.", "path") from None
+    if not resolved.is_relative_to(root):
+        raise ServeError(
+            403,
+            f"{str(shown)[:300]} is outside the adapter root (symlinks are followed); only adapters under it "
+            "can be loaded.",
+            "path",
+        )
+    return resolved
+
+
+def _inspect(path: Path, root: Optional[Path]) -> tuple[Path, dict]:
+    """The adapter folder `path` names (a run folder's best/) and the settings of the run that made
+    it (its run.json, in the folder or up to two above). With a root, every file read is checked
+    to lie under it, and no run.json above the root is looked for."""
+    folder = _adapter_folder(path)
+    if root is not None:
+        folder = _inside(folder, root, path)
+    run_file = None
+    for candidate in (folder, *folder.parents[:2]):
+        if root is not None and not candidate.is_relative_to(root):
+            break
+        if (candidate / "run.json").is_file():
+            run_file = candidate / "run.json"
+            break
+    if root is not None:
+        names = (checkpoint.CONFIG_NAME, checkpoint.WEIGHTS_NAME, checkpoint.LEGACY_WEIGHTS_NAME)
+        for file in [folder / n for n in names] + ([run_file] if run_file else []):
+            if os.path.lexists(file):
+                _inside(file, root, file.relative_to(root))
+    return folder, (_run_settings(run_file.parent) if run_file else {})

@@ -1,17 +1,38 @@
 """The HTTP face of the server: OpenAI-compatible completions, classification by rank scoring,
 model listing and adapter management. Handlers only check requests and wait; the scheduler's
-thread runs the model. Every error is one OpenAI-style JSON object with its HTTP status."""
+thread runs the model. Every error is one OpenAI-style JSON object with its HTTP status.
+
+Limits, and what a request beyond them gets:
+
+- `max_tokens`: 1 to `MAX_TOKENS` (422), and prompt + soft prompt + max_tokens within the
+  backbone's context where it has one (400);
+- `temperature` 0 to 2, `top_p` over 0 to 1 (422); a temperature below `GREEDY_BELOW` (1e-4)
+  decodes greedily, and the nucleus always keeps the most likely token, so no value in range fails;
+- `seed`: `SEED_MIN` to `SEED_MAX` (-2**63 to 2**64 - 1, what torch's generator takes; 422);
+- `stop`: at most `MAX_STOP` (4) strings, as OpenAI (422);
+- prompts per completion and inputs per classification: at most `--max-queue` (400, as each is
+  one job of the queue); a queue too full for the request right now: 429;
+- an input longer than the adapter's `max_length` (400, never cut); text that tokenizes to nothing
+  or not at all: 400;
+- `task` in /v1/classify: a registered task name (`dept.tasks.list_tasks()`), or left out for
+  the adapter's own task (its run.json); a file (`csv:`/`tsv:`/`jsonl:`), a path or an unknown
+  name: 400. No error message quotes a file's contents;
+- adapter paths (POST /v1/adapters): outside `--adapter-root`, symlinks followed for the folder
+  and every file, 403; malformed (a NUL byte, …) 400;
+- anything unforeseen: a JSON 500 that quotes nothing; the server keeps serving.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +41,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from dept.model import BASE, DePTModel
+from dept.options import CUSTOM_PREFIXES  # task specs that read a file: never from a request
 from dept.serve.adapters import Adapter, AdapterStore, ServeError
+from dept.serve.batch import GREEDY_BELOW
 from dept.serve.scheduler import Classification, Completion, Sampling, Scheduler, Sink
+
+logger = logging.getLogger(__name__)
+
+MAX_TOKENS = 1 << 16  # tokens one completion may ask for, on any backbone
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed takes
+MAX_STOP = 4  # stop strings per request, as OpenAI
 
 
 class CompletionRequest(BaseModel):
@@ -29,11 +58,11 @@ class CompletionRequest(BaseModel):
 
     model: str
     prompt: Union[str, list[str]]
-    max_tokens: int = Field(16, ge=1)
+    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    stop: Union[str, Annotated[list[str], Field(max_length=MAX_STOP)], None] = None
+    seed: Optional[int] = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     n: int = Field(1, ge=1)
     echo: bool = False
@@ -109,6 +138,11 @@ def create_app(
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
         return _error(ServeError(err.status_code, str(err.detail)))
 
+    @app.exception_handler(Exception)
+    async def unforeseen(request: Request, err: Exception) -> JSONResponse:
+        logger.error("%s %s failed: %r", request.method, request.url.path, err)  # the traceback follows, from uvicorn
+        return _error(ServeError(500, "The server failed on this request (its log says why)."))
+
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "model": model_name, "adapters_loaded": len(store.loaded()), **scheduler.load()}
@@ -143,8 +177,10 @@ def create_app(
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise ServeError(400, "prompt is an empty list.", "prompt")
+        scheduler.check_size(len(prompts), "prompt")
         stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
-        sampling = Sampling(body.max_tokens, body.temperature, body.top_p, stop, body.seed)
+        temperature = body.temperature if body.temperature >= GREEDY_BELOW else 0.0
+        sampling = Sampling(body.max_tokens, temperature, body.top_p, stop, body.seed)
         sink = Sink()
         jobs = [
             Completion(
@@ -154,7 +190,7 @@ def create_app(
         ]
         for job in jobs:
             _check_context(len(job.prompt), adapter, body.max_tokens)
-        scheduler.submit(jobs)
+        scheduler.submit(jobs, "prompt")
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": body.model}  # fmt: skip
         if body.stream:
@@ -190,22 +226,32 @@ def create_app(
         from dept.scoring import candidates_for
 
         adapter = store.get(body.model)
+        scheduler.check_size(len(body.inputs), "inputs")
         task = _task_for(body.task, adapter, body.model)
         candidates, values = candidates_for(task)
         sources = [_source(task, x, i) for i, x in enumerate(body.inputs)]
+        label_tokens = max((len(tokenizer(c)["input_ids"]) for c in candidates), default=0)
         for i, source in enumerate(sources):
-            _check_length(len(tokenizer(source)["input_ids"]), adapter, f"inputs.{i}", candidates)
+            tokens = len(_tokens(source, f"inputs.{i}"))
+            _check_length(tokens, adapter, f"inputs.{i}", candidates)
+            _check_context(tokens + label_tokens * (model.kind == "causal"), adapter, 0)
         sink = Sink()
-        job = Classification(adapter=_row_name(adapter), sink=sink, sources=sources, candidates=candidates)
-        scheduler.submit([job])
+        jobs = [
+            Classification(adapter=_row_name(adapter), sink=sink, index=i, sources=[source], candidates=candidates)
+            for i, source in enumerate(sources)
+        ]  # one job per input: a long list shares the model with other requests instead of holding it
+        scheduler.submit(jobs, "inputs")
+        results: list = [None] * len(jobs)
         try:
-            event = await sink.queue.get()
+            while any(r is None for r in results):
+                event = await sink.queue.get()
+                if event[0] == "error":
+                    raise event[2]
+                results[event[1]] = event[2][0]
         finally:
-            _cancel([job])
-        if event[0] == "error":
-            raise event[2]
+            _cancel(jobs)
         data = []
-        for i, scores in enumerate(event[2]):
+        for i, scores in enumerate(results):
             row = {"index": i, "label": candidates[int(scores.argmax())],
                    "scores": {c: float(s) for c, s in zip(candidates, scores)}}  # fmt: skip
             if values is not None:
@@ -217,10 +263,17 @@ def create_app(
         return BASE if adapter is None else adapter.name
 
     def _prompt_ids(prompt: str, adapter: Optional[Adapter]) -> list[int]:
-        ids = tokenizer(prompt)["input_ids"]
-        if not ids:
-            raise ServeError(400, "The prompt tokenizes to nothing; send some text.", "prompt")
+        ids = _tokens(prompt, "prompt")
         _check_length(len(ids), adapter, "prompt")
+        return ids
+
+    def _tokens(text: str, param: str) -> list[int]:
+        try:
+            ids = tokenizer(text)["input_ids"]
+        except Exception:  # e.g. a lone surrogate, which JSON can carry and a tokenizer cannot encode
+            raise ServeError(400, f"{param}: the text cannot be tokenized (is it valid Unicode?).", param) from None
+        if not ids:
+            raise ServeError(400, f"{param}: the text tokenizes to nothing; send some text.", param)
         return ids
 
     def _check_length(tokens: int, adapter: Optional[Adapter], param: str, candidates=()) -> None:
@@ -245,25 +298,62 @@ def create_app(
         if context is not None and total > context:
             raise ServeError(
                 400,
-                f"This model's context is {context} tokens; the request needs {total} (prompt {tokens}, "
+                f"This model's context is {context} tokens; the request needs {total} (text {tokens}, "
                 f"soft prompt {adapter.prompt_length if adapter else 0}, max_tokens {max_tokens}).",
-                "max_tokens",
+                "max_tokens" if max_tokens else "inputs",
             )
 
     return app
 
 
 def _task_for(name: Optional[str], adapter: Optional[Adapter], model: str):
+    """The task a classification ranks the labels of: a registered task the request names, else
+    the adapter's own (from its run.json, chosen by whoever trained it; built once). A request never
+    names a file, and no error quotes one."""
+    from dept.tasks import get_task, list_tasks
+
+    if name is not None and (adapter is None or name != adapter.task):
+        shown = name if len(name) <= 100 else name[:100] + "…"
+        known = f"'task' takes a registered task name ({', '.join(list_tasks())}), or none for the adapter's own task"
+        if name.startswith(CUSTOM_PREFIXES):
+            raise ServeError(400, f"A request cannot name a task file ({shown!r}): {known}.", "task")
+        try:
+            return get_task(name)
+        except (ValueError, TypeError):
+            raise ServeError(400, f"Unknown task {shown!r}: {known}.", "task") from None
+    if adapter is None or adapter.task is None:
+        raise ServeError(400, f"No task is known for {model!r}: pass 'task' (e.g. \"glue/sst2\").", "task")
+    if adapter.built_task is None:
+        adapter.built_task = _own_task(adapter)
+    return adapter.built_task
+
+
+def _own_task(adapter: Adapter):
     from dept.tasks import get_task
 
-    task = name or (adapter.task if adapter else None)
-    if task is None:
-        raise ServeError(400, f"No task is known for {model!r}: pass 'task' (e.g. \"glue/sst2\").", "task")
-    options = adapter.task_options if adapter is not None and task == adapter.task else {}
+    task = adapter.task
+    if adapter.root is not None and task.startswith(CUSTOM_PREFIXES):  # loaded by a request: its files stay under root
+        try:
+            inside = Path(task.partition(":")[2]).expanduser().resolve().is_relative_to(adapter.root)
+        except (OSError, RuntimeError, ValueError):
+            inside = False
+        if not inside:
+            raise ServeError(
+                403,
+                f"Adapter {adapter.name!r}'s task {task!r} reads a file outside the adapter root; "
+                "pass 'task' with a registered task name.",
+                "task",
+            )
     try:
-        return get_task(task, **options)
-    except (ValueError, TypeError, OSError) as err:
-        raise ServeError(400, str(err), "task") from None
+        return get_task(task, **adapter.task_options)
+    except Exception as err:  # the message may quote the task's file: the log has it, the client does not
+        logger.warning("Adapter %r: its task %r could not be built: %s", adapter.name, task, err)
+        raise ServeError(
+            400,
+            f"Adapter {adapter.name!r}'s own task {task!r} could not be built (the server log says why); "
+            "pass 'task' with a registered task name.",
+            "task",
+        ) from None
 
 
 def _source(task, item: Union[str, dict], i: int) -> str:
@@ -271,9 +361,12 @@ def _source(task, item: Union[str, dict], i: int) -> str:
     if isinstance(item, str):
         return item
     try:
-        return task.format_fn(item)[0]
-    except (KeyError, TypeError, ValueError) as err:
+        source = task.format_fn(item)[0]
+    except Exception as err:  # the template over the request's own record: a missing or odd field
         raise ServeError(400, f"inputs.{i} does not fit {task.name}'s fields: {err!r}.", f"inputs.{i}") from None
+    if not isinstance(source, str):
+        raise ServeError(400, f"inputs.{i} does not fit {task.name}'s fields.", f"inputs.{i}")
+    return source
 
 
 def _cancel(jobs) -> None:

@@ -119,14 +119,19 @@ class DecodeBatch:
         self.state = Rows(DynamicCache(ddp_cache_data=layers), mask[:, start:], s.positions[index])
 
 
+GREEDY_BELOW = 1e-4  # a temperature under this samples greedily: logits / T would overflow, and argmax is the pick
+
+
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: Optional[torch.Generator]) -> int:
-    """One token from one row's logits: greedy at temperature 0, else nucleus sampling with the
-    row's own generator (so a seeded request samples the same tokens in any batch)."""
-    if temperature <= 0:
+    """One token from one row's logits: greedy at temperature 0 (or below `GREEDY_BELOW`), else
+    nucleus sampling with the row's own generator (so a seeded request samples the same tokens in
+    any batch). The most likely token always stays in the nucleus, however small `top_p` is."""
+    if temperature < GREEDY_BELOW:
         return int(logits.argmax())
     probs = (logits.float() / temperature).softmax(-1)
     if top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(0) - sorted_probs >= top_p  # the first token always stays
+        outside = sorted_probs.cumsum(0) - sorted_probs >= top_p
+        outside[0] = False  # a top_p too small for float32 would otherwise drop every token
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs.masked_fill(outside, 0))
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))

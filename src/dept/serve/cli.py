@@ -10,6 +10,8 @@ import typer
 
 from dept.options import POLICIES, PRECISIONS, TrainOptions, UsageError, check_at_least, check_choice
 
+SHUTDOWN_GRACE_S = 30  # after SIGTERM, requests in flight get this long to finish before they are cut
+
 
 def _adapters(specs: list[str]) -> dict[str, Path]:
     adapters: dict[str, Path] = {}
@@ -36,7 +38,9 @@ def serve_command(
     max_batch_size: int = typer.Option(32, help="Rows per backbone call."),
     max_wait_ms: float = typer.Option(5.0, help="How long an idle server waits to fill a batch."),
     max_loaded: Optional[int] = typer.Option(None, help="Adapters resident at once (LRU eviction; default all)."),
-    max_queue: int = typer.Option(256, help="Requests waiting at most; more get HTTP 429."),
+    max_queue: int = typer.Option(
+        256, help="Prompts/inputs waiting at most (a full queue: HTTP 429); also the most one request may send (400)."
+    ),
     api_key: Optional[str] = typer.Option(None, envvar="DEPT_API_KEY", help="Require 'Authorization: Bearer KEY'."),
     precision: str = typer.Option("auto", help="auto | bf16 | fp32"),
     scheduler: str = typer.Option("mixed", help="mixed (adapters share batches) | adapter | none (baselines)."),
@@ -48,7 +52,7 @@ def serve_command(
     check_at_least("--max-batch-size", max_batch_size, 1)
     check_at_least("--max-loaded", max_loaded, 1)
     check_at_least("--max-queue", max_queue, 1)
-    check_at_least("--port", port, 0)
+    _check_listen(host, port)
     if max_wait_ms < 0:
         raise UsageError(f"--max-wait-ms must be at least 0, not {max_wait_ms}.")
     adapters = _adapters(adapter)
@@ -74,4 +78,26 @@ def serve_command(
     except ServeError as err:
         raise UsageError(err.message) from None
     logging.getLogger("dept").info("serving %s with %d adapter(s) on http://%s:%d", model, len(adapters), host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info" if verbose else "warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Refuse a port out of range or in use before the backbone loads (uvicorn would exit after it)."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535; got {port}.")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as err:
+        raise UsageError(
+            f"--host {host} --port {port}: cannot listen there ({err.strerror or err}); choose another --port."
+        ) from None

@@ -7,9 +7,12 @@ Requests of any adapter wait in one queue. The thread takes them into backbone c
 - `none`: one request at a time (a baseline).
 
 Completions on a causal LM are batched continuously: new requests are prefilled between decoding
-steps and join the running rows; finished or abandoned rows leave at once. Results go back to each
-request's own asyncio queue. A request that raises inside the model is retried alone, so it fails
-alone; the thread keeps serving.
+steps and join the running rows; finished or abandoned rows leave at once. No backbone call holds
+more than `max_batch_size` rows: a decoding step neither (new rows join only while there is room).
+Results go back to each request's own asyncio queue. A request that raises inside the model is
+retried alone, so it fails alone; the thread keeps serving. Every admitted job gets an answer: if
+the loop itself raises, what it held fails with an error, and when the thread ends (shutdown, or
+anything else) every job still waiting or decoding gets a 503.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 UNLIMITED = 1 << 30  # lengths are checked before a request is queued; scoring must not cut anything
 IDLE = 1.0  # seconds without work after which freed memory goes back to the OS
+STOP_TIMEOUT = 10.0  # seconds `stop` waits for the model thread to finish its current call
 
 
 class Sink:
@@ -70,6 +74,7 @@ class Job:
     sink: Sink
     index: int = 0  # which prompt/choice of its request
     cancelled: bool = False  # set by the handler when its client went away
+    answered: bool = False  # its final event (result or error) was sent
 
     @property
     def size(self) -> int:
@@ -139,15 +144,21 @@ class Scheduler:
         self._thread.start()
 
     def stop(self) -> None:
+        """Ask the thread to end, and wait (at most STOP_TIMEOUT) for its current call to finish."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(STOP_TIMEOUT)
+            if self._thread.is_alive():
+                logger.warning("The model thread is still in a call after %.0f s; leaving it.", STOP_TIMEOUT)
 
-    def submit(self, jobs: Sequence[Job]) -> None:
+    def submit(self, jobs: Sequence[Job], what: str = "prompt") -> None:
+        """Queue one request's jobs (one per prompt or input). More than `max_queue` can never fit:
+        400; a full queue: 429."""
+        self.check_size(len(jobs), what)
         with self._cond:
-            if self._stopping:
+            if self._stopping or self._thread is None or not self._thread.is_alive():
                 raise ServeError(503, "The server is shutting down.")
             if len(self._waiting) + len(jobs) > self.max_queue:
                 raise ServeError(
@@ -156,6 +167,17 @@ class Scheduler:
             self._waiting.extend(jobs)
             self._cond.notify_all()
 
+    def check_size(self, count: int, what: str) -> None:
+        """A request of more prompts (inputs) than the queue holds can never be served: 400."""
+        if count > self.max_queue:
+            noun = what if what.endswith("s") else f"{what}s"
+            raise ServeError(
+                400,
+                f"{count} {noun} in one request; this server takes at most {self.max_queue} per request "
+                "(--max-queue): split them.",
+                what,
+            )
+
     def load(self) -> dict:
         """What /health reports."""
         return {"waiting": len(self._waiting), "decoding": len(self.rows), **self.stats}
@@ -163,37 +185,53 @@ class Scheduler:
     # ----- the model thread -------------------------------------------------------------------
     def _run(self) -> None:
         rested = True
-        with torch.no_grad():
-            while True:
-                with self._cond:
-                    while not self._stopping and not self._waiting and not self.rows:
-                        if not self._cond.wait(None if rested else IDLE):
-                            _release_memory()  # idle for a while: hand the batch buffers back to the OS
-                            rested = True
-                    rested = False
-                    if self._stopping:
-                        break
-                    if not self.rows and self.policy != "none":
-                        self._gather()
-                    self._waiting = deque(job for job in self._waiting if not job.cancelled)
-                    scoring, starting = self._take(Classification), self._take(Completion)
-                try:
-                    with autocast(self.device, self.precision):
-                        if scoring:
-                            self._classify(scoring)
-                        if starting:
-                            self._start(starting)
-                        if self.rows:
-                            self._step()
-                except Exception as err:  # a bug of ours: fail what is in flight, keep serving
-                    logger.exception("The model thread failed; failing the requests in flight.")
-                    for row in self.rows:
-                        _fail(row.job, err)
-                    self.rows, self.batch.state = [], None
-        with self._cond:
-            for job in self._waiting:
-                job.sink.put(("error", job.index, ServeError(503, "The server is shutting down.")))
-            self._waiting.clear()
+        try:
+            with torch.no_grad():
+                while True:
+                    scoring: list[Job] = []
+                    starting: list[Job] = []
+                    with self._cond:
+                        while not self._stopping and not self._waiting and not self.rows:
+                            if not self._cond.wait(None if rested else IDLE):
+                                _release_memory()  # idle for a while: hand the batch buffers back to the OS
+                                rested = True
+                        rested = False
+                        if self._stopping:
+                            break
+                        try:
+                            if not self.rows and self.policy != "none":
+                                self._gather()
+                            self._waiting = deque(job for job in self._waiting if not job.cancelled)
+                            scoring, starting = self._take(Classification), self._take(Completion)
+                        except Exception as err:  # a bug of ours: fail what waits, keep serving
+                            logger.exception("The model thread failed to schedule; failing the waiting requests.")
+                            for job in [*scoring, *starting, *self._waiting]:
+                                _fail(job, err)
+                            self._waiting.clear()
+                            continue
+                    try:
+                        with autocast(self.device, self.precision):
+                            if scoring:
+                                self._classify(scoring)
+                            if starting:
+                                self._start(starting)
+                            if self.rows:
+                                self._step()
+                    except Exception as err:  # a bug of ours: fail what is in flight, keep serving
+                        logger.exception("The model thread failed; failing the requests in flight.")
+                        for job in [*scoring, *starting, *(row.job for row in self.rows)]:
+                            if not job.answered:
+                                _fail(job, err)
+                        self.rows, self.batch.state = [], None
+        finally:  # however the thread ends, nothing admitted is left without an answer
+            with self._cond:
+                self._stopping = True
+                left = [*(row.job for row in self.rows), *self._waiting]
+                self._waiting.clear()
+                self.rows, self.batch.state = [], None
+            for job in left:
+                if not job.answered:
+                    _answer(job, ("error", job.index, ServeError(503, "The server is shutting down.")))
 
     def _gather(self) -> None:
         """Idle, a request arrived: wait up to max_wait for more, to fill a batch."""
@@ -210,6 +248,8 @@ class Scheduler:
         if decoding and (self.policy == "none" or not self.batch.joinable or self.model.kind != "causal"):
             return []
         room = 1 if self.policy == "none" else self.max_batch_size - (len(self.rows) if kind is Completion else 0)
+        if room <= 0:
+            return []  # the running rows fill the batch: new ones join once some leave
         only = self.rows[0].job.adapter if decoding and self.policy == "adapter" else None
         limit = self.store.max_loaded
         taken: list[Job] = []
@@ -218,8 +258,8 @@ class Scheduler:
         for job in self._waiting:
             if not isinstance(job, kind):
                 continue
-            if taken and size + job.size > room:
-                break
+            if size + job.size > room and (taken or kind is Completion):
+                break  # (a classification larger than a batch goes alone: scoring splits it into batches)
             if self.policy == "adapter":
                 only = only or job.adapter
                 if job.adapter != only:
@@ -250,7 +290,7 @@ class Scheduler:
         failed.update({name: ServeError(404, f"The adapter {name!r} was deleted.") for name in gone})
         for job in jobs:
             if job.adapter in failed:
-                job.sink.put(("error", job.index, failed[job.adapter]))
+                _answer(job, ("error", job.index, failed[job.adapter]))
         return [job for job in jobs if job.adapter not in failed]
 
     def _isolated(self, run, jobs: list[Job], err: Exception) -> None:
@@ -271,7 +311,7 @@ class Scheduler:
         try:
             if self.model.kind == "classification":
                 table = classifier_scores(
-                    self.model, self.tokenizer, sources, UNLIMITED, len(sources), self.precision, names
+                    self.model, self.tokenizer, sources, UNLIMITED, self.max_batch_size, self.precision, names
                 )
                 scores = list(table)
             else:
@@ -286,7 +326,7 @@ class Scheduler:
         self.stats["classify_calls"] += 1
         start = 0
         for job in jobs:
-            job.sink.put(("scores", job.index, scores[start : start + job.size]))
+            _answer(job, ("scores", job.index, scores[start : start + job.size]))
             start += job.size
 
     def _start(self, jobs: list[Completion]) -> None:
@@ -296,6 +336,15 @@ class Scheduler:
         if self.model.kind != "causal":
             self._generate(jobs)
             return
+        rows = []
+        for job in jobs:  # everything that may fail for one job, before its rows join the batch
+            try:
+                rows.append(_Row(job, TextStream(self.tokenizer, job.sampling.stop), _generator(job)))
+            except Exception as err:
+                _fail(job, err)
+        if not rows:
+            return
+        jobs = [row.job for row in rows]
         try:
             logits, state = self.batch.prefill([job.prompt for job in jobs], [job.adapter for job in jobs])
         except Exception as err:
@@ -305,7 +354,7 @@ class Scheduler:
         self.stats["largest_prefill"] = max(self.stats["largest_prefill"], len(jobs))
         first = len(self.rows)
         self.batch.join(state)
-        self.rows += [_Row(job, TextStream(self.tokenizer, job.sampling.stop), _generator(job)) for job in jobs]
+        self.rows += rows
         self._advance(logits, first)
 
     def _step(self) -> None:
@@ -349,7 +398,7 @@ class Scheduler:
         if delta:
             row.job.sink.put(("text", row.job.index, delta))
         if finish:
-            row.job.sink.put(("done", row.job.index, finish, row.generated))
+            _answer(row.job, ("done", row.job.index, finish, row.generated))
         return finish
 
     def _generate(self, jobs: list[Completion]) -> None:
@@ -380,9 +429,15 @@ class Scheduler:
                     break
 
 
+def _answer(job: Job, event: tuple) -> None:
+    """A job's final event: its result, or its error."""
+    job.answered = True
+    job.sink.put(event)
+
+
 def _fail(job: Job, err: Exception) -> None:
     error = err if isinstance(err, ServeError) else ServeError(500, f"The model failed on this request: {err}")
-    job.sink.put(("error", job.index, error))
+    _answer(job, ("error", job.index, error))
 
 
 def _sampled(job: Completion, other: Completion) -> bool:

@@ -27,7 +27,7 @@ class TextStream:
             return self._flush(len(self.text)), True
         self.text = text
         safe = len(text) - text.endswith("\ufffd")  # an incomplete character decodes to U+FFFD
-        safe -= max((k for s in self.stop for k in range(1, len(s)) if text[:safe].endswith(s[:k])), default=0)
+        safe -= max((_held(text[:safe], s) for s in self.stop), default=0)
         return self._flush(safe), False
 
     def finish(self) -> str:
@@ -39,3 +39,12 @@ class TextStream:
             return ""
         delta, self.sent = self.text[self.sent : upto], upto
         return delta
+
+
+def _held(text: str, stop: str) -> int:
+    """How many characters at the end of `text` may still grow into `stop` (the longest proper
+    prefix of `stop` that `text` ends with); only the last len(stop) - 1 characters are looked at."""
+    for k in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:k]):
+            return k
+    return 0

@@ -28,12 +28,14 @@ The files are read when the task is built (to find the labels); ``load(data_dir=
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dept.tasks.registry import Task
+from dept.options import not_utf8
+from dept.tasks.registry import MAX_REGRESSION_CANDIDATES, REGRESSION_STEP, Task, regression_candidates
 from dept.tasks.sources import Record, Source, iter_jsonl
 from dept.tasks.templates import fields_source
 
@@ -48,13 +50,16 @@ def _read_rows(path: Path, fmt: str) -> list[tuple[int, dict[str, Any]]]:
     delimiter = "\t" if fmt == "tsv" or path.suffix.lower() == ".tsv" else ","
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
-        if not reader.fieldnames:
-            raise ValueError(f"{path}: empty file (expected a header line)")
         rows = []
-        for row in reader:
-            if None in row:  # more values than header columns
-                raise ValueError(f"{path}:{reader.line_num}: more columns than the header has")
-            rows.append((reader.line_num, row))
+        try:
+            if not reader.fieldnames:
+                raise ValueError(f"{path}: empty file (expected a header line)")
+            for row in reader:
+                if None in row:  # more values than header columns
+                    raise ValueError(f"{path}:{reader.line_num}: more columns than the header has")
+                rows.append((reader.line_num, row))
+        except UnicodeDecodeError as err:
+            raise ValueError(not_utf8(path, err)) from None
         return rows
 
 
@@ -74,6 +79,23 @@ def _is_number(s: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _check_regression_labels(spec: str, files, raw, labels, values: list[float]) -> None:
+    """Finite labels over a range that rank scoring can cover: it reads one label string per 0.2."""
+    for split, texts in labels.items():
+        for (lineno, _), text in zip(raw[split], texts):
+            if not math.isfinite(float(text)):
+                raise ValueError(f"{files[split]}:{lineno}: regression label {text!r} is not a finite number")
+    low, high = min(values), max(values)
+    count = regression_candidates(low, high)
+    if count > MAX_REGRESSION_CANDIDATES:
+        raise ValueError(
+            f"custom task {spec!r}: regression labels span {low:g}..{high:g}, {count:,} score strings at "
+            f"{REGRESSION_STEP:g} steps for rank scoring, over the limit of {MAX_REGRESSION_CANDIDATES}; rescale the "
+            f"labels to a range of at most {(MAX_REGRESSION_CANDIDATES - 1) * REGRESSION_STEP:g}, "
+            "or set task_type='classification'"
+        )
 
 
 def _find_files(root: Path, ext: str) -> dict[str, Path]:
@@ -151,6 +173,7 @@ def custom_task(
     if regression:
         label_words = None
         values = [float(t) for t in distinct]
+        _check_regression_labels(spec, files, raw, labels, values)
     else:
         label_words = sorted(distinct, key=lambda t: (float(t), t)) if numeric else distinct
         index = {w: i for i, w in enumerate(label_words)}

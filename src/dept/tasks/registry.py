@@ -24,6 +24,14 @@ from dept.tasks import metrics as _metrics
 from dept.tasks.sources import Source, Splits, load_records
 from dept.tasks.splits import LARGE_VALIDATION_SIZE, SHUFFLES, SPLIT_RULES, hold_out, permutation, split_half
 
+REGRESSION_STEP = 0.2  # rank scoring of a regression task reads one score string per step of its value range
+MAX_REGRESSION_CANDIDATES = 501  # a value range of at most 100: custom tasks with a wider one are refused
+
+
+def regression_candidates(low: float, high: float) -> int:
+    """How many score strings rank scoring reads for a regression task with values in [low, high]."""
+    return int(round((high - low) / REGRESSION_STEP)) + 1
+
 
 @dataclass(slots=True)
 class Example:

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from dept.options import not_utf8
+
 logger = logging.getLogger(__name__)
 
 ENV_DATA_DIR = "DEPT_DATA_DIR"
@@ -204,17 +206,20 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
     (``str.splitlines()`` would also break lines at U+0085, which occurs inside SuperGLUE texts.)
     """
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+                if not isinstance(obj, dict):
+                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                yield lineno, obj
+    except UnicodeDecodeError as err:
+        raise ValueError(not_utf8(path, err)) from None
 
 
 def read_jsonl(path: Path, convert: Callable[[dict], list[Record]]) -> list[Record]:
