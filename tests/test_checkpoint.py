@@ -212,18 +212,18 @@ def test_full_fine_tuning_restore_refuses_a_partial_match(tmp_path):
     """strict=False alone would load nothing from a folder of another model and keep the last step's weights."""
     from safetensors.torch import save_file
 
-    from dept.methods import MethodOptions, load_weights
+    from dept.methods import METHODS
 
-    opts = MethodOptions(method="full")
+    load_weights = METHODS["full"].load_weights
     model = make_tiny_llama()  # tied output embeddings
     model.save_pretrained(tmp_path / "saved")
     other = make_tiny_llama(seed=1)
     assert "lm_head.weight" not in load_file(tmp_path / "saved" / "model.safetensors")
-    load_weights(opts, other, tmp_path / "saved")  # the tied key a save leaves out is no mismatch
+    load_weights(other, tmp_path / "saved")  # the tied key a save leaves out is no mismatch
     for key, value in model.state_dict().items():
         assert torch.equal(other.state_dict()[key], value), key
     renamed = {f"backbone.{k}": v for k, v in load_file(tmp_path / "saved" / "model.safetensors").items()}
     (tmp_path / "other").mkdir()
     save_file(renamed, tmp_path / "other" / "model.safetensors")
     with pytest.raises(ValueError, match="does not hold this model's weights: .* missing .* unexpected"):
-        load_weights(opts, make_tiny_llama(seed=2), tmp_path / "other")
+        load_weights(make_tiny_llama(seed=2), tmp_path / "other")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import dept.train
 from dept.cli import app, main
-from dept.methods import MethodOptions
+from dept.options import MethodOptions
 from dept.train import TrainOptions
 
 from conftest import OFFICIAL_DIR

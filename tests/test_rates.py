@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from dept.methods import MethodOptions
+from dept.methods import METHODS
+from dept.options import MethodOptions
 from dept.rates import LOWRANK_RATE_PER_RMS, PROMPT_RATE_PER_RMS, embedding_rms, with_default_rates
-from dept.train import Run, backbone_dtype
+from dept.train import Run
 from test_train import options, tiny_setup  # noqa: F401  (fixture)
 
 
@@ -68,10 +69,10 @@ def test_a_run_without_rates_trains_with_the_backbone_defaults_and_records_them(
 
 
 def test_bf16_keeps_frozen_backbones_in_bf16_but_not_full_fine_tuning():
-    assert backbone_dtype("bf16", MethodOptions(method="dept")) == torch.bfloat16
-    assert backbone_dtype("bf16", MethodOptions(method="lora")) == torch.bfloat16
-    assert backbone_dtype("bf16", MethodOptions(method="full")) == torch.float32
-    assert backbone_dtype("fp32", MethodOptions(method="dept")) == torch.float32
+    for name in ("dept", "pt", "adept", "lora"):
+        assert METHODS[name].backbone_dtype("bf16") == torch.bfloat16
+        assert METHODS[name].backbone_dtype("fp32") == torch.float32
+    assert METHODS["full"].backbone_dtype("bf16") == torch.float32
 
 
 @pytest.mark.parametrize("method", ["dept", "lora"])

@@ -181,7 +181,7 @@ def test_sizes_past_the_backbones_positions_are_refused_before_the_adapter(
     def refuse(*a, **k):
         raise AssertionError("an adapter was built")
 
-    monkeypatch.setattr(dept.methods, "build", refuse)
+    monkeypatch.setattr(dept.methods.PromptMethod, "build", refuse)
     code, _, err = cli(capsys, *train_args(trained, tmp_path / "run", *args, "--budget", "200"))
     one_error_line(code, err, "--max-length", "128 positions", "max_position_embeddings", alone=False)
 

@@ -5,7 +5,7 @@ import torch
 
 from dept import DePTConfig, DePTModel
 from dept.data import encode, pad_batch, target_ids
-from dept.loss import lm_loss
+from dept.methods.calls import lm_loss
 from dept.scoring import candidates_for, rank_scores
 from dept.tasks import get_task
 

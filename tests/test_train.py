@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dept.methods import MethodOptions
+from dept.options import MethodOptions
 from dept.train import Run, TrainOptions, batch_rows
 
 from conftest import DATA_DIR
@@ -203,10 +203,13 @@ def test_truncation_is_one_warning_with_the_count(tiny_setup, tmp_path, caplog):
 
 
 def test_rank_above_the_hidden_size_is_refused_and_over_budget_warned(caplog):
-    from dept.methods import dept_config
+    from dept.methods import METHODS
 
-    with pytest.raises(ValueError, match=r"min\(s=256, d=32\) = 32"):
+    dept_config = METHODS["dept"].config
+    with pytest.raises(ValueError, match=r"above 32, the highest rank .* \(hidden size 32\)"):
         dept_config(MethodOptions(rank=40), hidden_size=32)
+    with pytest.raises(ValueError, match=r"above 32, the highest rank"):
+        METHODS["adept"].config(MethodOptions(method="adept", rank=40), hidden_size=32)
     dept_config(MethodOptions(rank=30, budget=10, prompt_length=4), hidden_size=32)
     assert "over the budget of 10 prompt tokens (320 parameters)" in caplog.text
 

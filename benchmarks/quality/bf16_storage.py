@@ -1,4 +1,4 @@
-"""bf16 runs keep the frozen backbone in bf16 (dept.train.backbone_dtype); before, they kept it in
+"""bf16 runs keep the frozen backbone in bf16 (dept.methods.PromptMethod.backbone_dtype); before, they kept it in
 fp32 and let autocast cast its weights for every matmul. This compares the two on one task, same
 options and seeds, runs alternating in one process: step time, peak memory, and accuracy.
 
@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 import dept.train
+from dept.methods import PromptMethod
 from dept.options import MethodOptions, TrainOptions
 from dept.precision import resolve_precision
 
 HERE = Path(__file__).parent
-STORAGE = {"fp32 weights + autocast": lambda precision, method: torch.float32, "bf16 weights": None}
+STORAGE = {"fp32 weights + autocast": lambda self, precision: torch.float32, "bf16 weights": None}
 
 
 def main() -> None:
@@ -34,12 +35,12 @@ def main() -> None:
     args = parser.parse_args()
     if resolve_precision("auto") != "bf16":
         raise SystemExit("This machine has no native bf16 (--precision auto is fp32 here); run it on one that has.")
-    keep = dept.train.backbone_dtype
+    keep = PromptMethod.backbone_dtype
     STORAGE["bf16 weights"] = keep
     rows = []
     for seed in range(args.seeds):
         for name, dtype_rule in STORAGE.items():
-            dept.train.backbone_dtype = dtype_rule
+            PromptMethod.backbone_dtype = dtype_rule
             opts = TrainOptions(
                 task=args.task, data_dir=str(args.data_dir), max_steps=args.steps, batch_size=8,
                 eval_every=args.steps // 3, precision="bf16", seed=seed, overwrite=True,
@@ -55,7 +56,7 @@ def main() -> None:
                          "test": r["test"][metric], "seconds_per_step": r["train_seconds"] / r["steps"],
                          "peak_mb": r["peak_memory_mb"]})  # fmt: skip
             print(rows[-1], flush=True)
-    dept.train.backbone_dtype = keep
+    PromptMethod.backbone_dtype = keep
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     lines = [
         f"# bf16 backbone storage against fp32 weights + autocast ({args.task}, DePT defaults, {args.steps} steps x "

@@ -1,10 +1,13 @@
 """Adapter checkpoints: dept's own format (safetensors + JSON), the official DePT format
-(PROMPT_TUNING_LORA, pickled .bin) and PEFT prompt tuning (PROMPT_TUNING), in and out.
+(PROMPT_TUNING_LORA, pickled .bin), the official ADePT format (PROMPT_TUNING_LORAX) and PEFT prompt
+tuning (PROMPT_TUNING), in and out.
 
-dept format: `adapter_config.json` = {"peft_type": "DEPT", "dept_version", "config": DePTConfig,
-"backbone": {model_type, hidden_size, vocab_size, name_or_path, kind}, "head": [...]} and
-`adapter_model.safetensors` with `prompt_embeddings` (m,d), `lora_embedding_A` (s,r),
-`lora_embedding_B` (r,d) and, for encoder classifiers, `head.<param>`.
+dept format: `adapter_config.json` = {"peft_type": "DEPT", "dept_version", "config": DePTConfig (its
+`update` says DePT or ADePT), "backbone": {model_type, hidden_size, vocab_size, name_or_path, kind},
+"head": [...]} and `adapter_model.safetensors` with `prompt_embeddings` (m,d), the update's tensors
+under the official names (`DePTConfig.update_shapes`: DePT `lora_embedding_A` (s,r), `lora_embedding_B`
+(r,d); ADePT also `lora_embedding_a` (r), `lora_embedding_b` (d), with A (d,r)) and, for classifiers,
+`head.<param>`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
-ADAPTER_KEYS = ("prompt_embeddings", "lora_embedding_A", "lora_embedding_B")
+# Update tensors of either kind (official names). Rank-0 saves from before PT lost its A, B hold zero-size ones.
+UPDATE_KEYS = ("lora_embedding_A", "lora_embedding_B", "lora_embedding_a", "lora_embedding_b")
+OFFICIAL_UPDATES = {"PROMPT_TUNING_LORA": "position", "PROMPT_TUNING_LORAX": "token"}  # DePT, ADePT
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -85,15 +90,15 @@ def read_adapter(path: str | Path) -> tuple[DePTConfig, dict[str, torch.Tensor],
     if not isinstance(meta, dict):
         raise ValueError(f"{config_file} holds a JSON {type(meta).__name__}, not the object an adapter config is.")
     kind = meta.get("peft_type")
-    if kind not in ("DEPT", "PROMPT_TUNING_LORA", "PROMPT_TUNING"):
+    if kind not in ("DEPT", *OFFICIAL_UPDATES, "PROMPT_TUNING"):
         raise ValueError(
-            f"{config_file} has peft_type {kind!r}; dept reads 'DEPT', 'PROMPT_TUNING_LORA' (official DePT) and "
-            "'PROMPT_TUNING' (PEFT)."
+            f"{config_file} has peft_type {kind!r}; dept reads 'DEPT', 'PROMPT_TUNING_LORA' (official DePT), "
+            "'PROMPT_TUNING_LORAX' (official ADePT) and 'PROMPT_TUNING' (PEFT)."
         )
     tensors = read_weights(path)
     try:
-        if kind == "PROMPT_TUNING_LORA":
-            return _from_official(meta, tensors)
+        if kind in OFFICIAL_UPDATES:
+            return _from_official(meta, tensors, OFFICIAL_UPDATES[kind])
         if kind == "PROMPT_TUNING":
             return _from_peft_prompt_tuning(meta, tensors)
         if not isinstance(meta.get("config"), dict):
@@ -105,7 +110,7 @@ def read_adapter(path: str | Path) -> tuple[DePTConfig, dict[str, torch.Tensor],
         ) from err
     except (ValueError, TypeError) as err:
         raise ValueError(f"{config_file}: {err}") from err
-    missing = [key for key in (ADAPTER_KEYS if config.rank else ADAPTER_KEYS[:1]) if key not in tensors]
+    missing = [key for key in ("prompt_embeddings", *config.update_shapes(1)) if key not in tensors]
     if missing:
         raise ValueError(
             f"The weights in {path} lack the tensor(s) {missing} that its config (rank {config.rank}) needs."
@@ -144,7 +149,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _from_official(meta: dict, weights: dict[str, torch.Tensor]):
+def _from_official(meta: dict, weights: dict[str, torch.Tensor], update: str):
+    """An official DePT or ADePT save: `prompt_embeddings` and `prompt_encoder.lora_embedding_*`."""
     config = DePTConfig(
         prompt_length=int(meta["num_virtual_tokens"]),
         rank=int(meta.get("r", 0)),
@@ -152,13 +158,14 @@ def _from_official(meta: dict, weights: dict[str, torch.Tensor]):
         lora_alpha=float(meta.get("lora_alpha", 8)),
         prompt_init="text" if str(meta.get("prompt_tuning_init", "TEXT")).upper() == "TEXT" else "random",
         init_text=meta.get("prompt_tuning_init_text") or OFFICIAL_INIT_TEXT,
+        update=update,
     )
     tensors = {"prompt_embeddings": weights["prompt_embeddings"]}
-    for key in ("lora_embedding_A", "lora_embedding_B"):
+    for key in config.update_shapes(1):
         for candidate in (f"prompt_encoder.{key}", key):
             if candidate in weights:
                 tensors[key] = weights[candidate]
-    if config.rank and len(tensors) < 3:
+    if config.rank and len(tensors) == 1:
         # Some released checkpoints carry only the prompt: the official loader then keeps the
         # fresh init (A kaiming, B zeros), i.e. a zero update. Do the same, and say so.
         logger.warning(
@@ -215,16 +222,13 @@ def check_backbone(saved: dict[str, Any], actual: dict[str, Any], path: Path) ->
 
 
 def check_shapes(config: DePTConfig, tensors: dict[str, torch.Tensor], hidden: int, path: Path) -> None:
-    expected = {
-        "prompt_embeddings": (config.prompt_length, hidden),
-        "lora_embedding_A": (config.max_length, config.rank),
-        "lora_embedding_B": (config.rank, hidden),
-    }
+    expected = {"prompt_embeddings": (config.prompt_length, hidden), **config.update_shapes(hidden)}
     for key, shape in expected.items():
         if key in tensors and tuple(tensors[key].shape) != shape:
             raise ValueError(
                 f"Checkpoint {path} tensor {key!r} has shape {tuple(tensors[key].shape)}, but its config "
-                f"(m={config.prompt_length}, r={config.rank}, s={config.max_length}) on a backbone with hidden size "
+                f"(m={config.prompt_length}, r={config.rank}, s={config.max_length}, {config.update}-wise update) on a "
+                f"backbone with hidden size "
                 f"{hidden} needs {shape}."
             )
 
@@ -235,7 +239,7 @@ def fill_adapter(adapter: DePTAdapter, tensors: dict[str, torch.Tensor], path: P
     classifier's untrained head."""
     state = adapter.state_dict()
     # r=0 adapters have no A, B; those saved before that was so hold zero-size ones.
-    tensors = {k: v for k, v in tensors.items() if k in state or k not in ADAPTER_KEYS[1:] or v.numel()}
+    tensors = {k: v for k, v in tensors.items() if k in state or k not in UPDATE_KEYS or v.numel()}
     for key, value in tensors.items():
         if key not in state or state[key].shape != value.shape:
             have = tuple(state[key].shape) if key in state else "no such tensor"
@@ -254,7 +258,7 @@ def fill_adapter(adapter: DePTAdapter, tensors: dict[str, torch.Tensor], path: P
 def convert_official(src_dir: str | Path, dst_dir: str | Path) -> DePTConfig:
     """Convert an official DePT checkpoint (pickled .bin) into dept's safetensors format."""
     config, tensors, backbone = read_adapter(src_dir)
-    if "lora_embedding_A" not in tensors and config.rank:
+    if config.rank and not set(config.update_shapes(1)) <= set(tensors):
         fresh = DePTAdapter(config, tensors["prompt_embeddings"].shape[1], tensors["prompt_embeddings"])
         tensors = dict(fresh.state_dict())
     write_adapter(dst_dir, config, tensors, backbone)
@@ -268,10 +272,16 @@ def export_peft(model, path: str | Path, adapter_name: Optional[str] = None) -> 
 
     name = adapter_name or model.active_adapter
     adapter = model.adapters[name]
-    if adapter.config.rank and bool(adapter.lora_embedding_B.detach().abs().sum() > 0):
+    # The offsets are zero while B (and ADePT's b) are: then the adapter is prompt tuning.
+    outputs = [
+        getattr(adapter, key)
+        for key in ("lora_embedding_B", "lora_embedding_b")
+        if getattr(adapter, key, None) is not None
+    ]
+    if any(bool(t.detach().abs().sum() > 0) for t in outputs):
         raise ValueError(
             f"Adapter {name!r} has rank {adapter.config.rank} with a non-zero update; PEFT prompt tuning cannot "
-            "represent it. Export only r=0 adapters (or ones whose B is still zero)."
+            "represent it. Export only r=0 adapters (or ones whose update is still zero)."
         )
     task_types = {"causal": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM}
     if model.kind not in task_types:

@@ -102,6 +102,13 @@ def pools_last_token(model: Any) -> bool:
     )
 
 
+def takes_logits_to_keep(model) -> bool:
+    """Whether a transformers model's forward can project only some positions onto the vocabulary."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def cache_name(model) -> str:
     """The keyword (and output field) of a transformers model's KV cache: `cache` since transformers
     5.x renamed it, `past_key_values` before."""

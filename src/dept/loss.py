@@ -1,12 +1,7 @@
-"""The training loss every method shares (DePT, PT, LoRA, full fine-tuning), and the few logits it needs.
-
-Causal rows are left-padded, so the last L logits of any model (DePT's [prompt ; input] layout
-included) line up with the input; only the slots the loss reads are projected onto the vocabulary.
-"""
+"""The causal LM loss and the few logits it needs: only the slots the loss reads are projected onto the
+vocabulary. How each kind of model is called on a batch is `dept.methods.calls`."""
 
 from __future__ import annotations
-
-import inspect
 
 import torch
 import torch.nn.functional as F
@@ -41,39 +36,3 @@ def causal_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "me
         ignore_index=-100,
         reduction=reduction,
     )
-
-
-def label_count(batch: dict, kind: str) -> int:
-    """How many targets `lm_loss(..., reduction="sum")` adds up for this batch."""
-    labels = batch["labels"]
-    if kind == "classification":
-        return labels.shape[0]
-    return int((labels[:, 1:] != -100).sum()) if kind == "causal" else int((labels != -100).sum())
-
-
-def lm_loss(model, batch: dict, kind: str, reduction: str = "mean") -> torch.Tensor:
-    """Loss on the batch's labels for any model. A DePT model is told which tokens are the source
-    (label -100), so its offsets go there only, as in rank scoring and generation."""
-    labels = batch["labels"]
-    if kind != "causal":
-        call = {k: v for k, v in batch.items() if k != "labels" or kind == "seq2seq"}
-        logits = model(**call).logits
-        return F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction=reduction
-        )
-    keep = logits_needed(labels)
-    logits = last_logits(model, batch["input_ids"], batch["attention_mask"], labels, keep)
-    return causal_loss(logits, labels[:, labels.shape[1] - keep :], reduction)
-
-
-def last_logits(model, input_ids, attention_mask, labels, keep: int, **extra) -> torch.Tensor:
-    """The last `keep` logits of left-padded causal rows, from any model. A DePT model (possibly
-    wrapped by DDP) also learns which tokens are the source (label -100): only those get offsets.
-    `extra` goes to the model as is (a DePT model's `adapter_names`)."""
-    call = dict(input_ids=input_ids, attention_mask=attention_mask, **extra)
-    inner = getattr(model, "module", model)
-    if "source_mask" in inspect.signature(inner.forward).parameters:
-        call.update(source_mask=labels == -100, logits_to_keep=keep)  # a count of slots in its own layout
-    else:
-        call["logits_to_keep"] = keep_positions(keep, input_ids.shape[1], input_ids.device)
-    return model(**call).logits[:, -keep:]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import inspect
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,7 @@ from transformers import PreTrainedModel
 
 from dept import checkpoint
 from dept.config import DePTConfig
-from dept.kinds import Kind, model_kind, pools_last_token
+from dept.kinds import Kind, model_kind, pools_last_token, takes_logits_to_keep
 from dept.loss import causal_loss, keep_positions, logits_needed
 from dept.prompt import AdapterGroup, DePTAdapter, PromptedInputs, initial_prompt, prepend_prompts
 
@@ -76,7 +75,7 @@ class DePTModel(nn.Module):
                     module.register_forward_hook(self._route_head(name))
         self.adapters = nn.ModuleDict()
         self.active_adapter = adapter_name
-        self._supports_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._supports_logits_to_keep = takes_logits_to_keep(model)
         if config is not None:
             self.add_adapter(adapter_name, config)
 

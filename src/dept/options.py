@@ -10,64 +10,34 @@ import difflib
 import json
 import math
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from dept.errors import (  # noqa: F401  (re-exported: the options' users import them from here)
+    MAX_LEARNING_RATE,
+    UsageError,
+    check_at_least,
+    check_at_most,
+    check_choice,
+    check_learning_rate,
+    not_utf8,
+    read_text,
+)
+from dept.methods import METHODS as REGISTRY
+from dept.methods import get_method
 from dept.precision import PRECISIONS
 
-METHODS = ("dept", "pt", "lora", "full")
+METHODS = tuple(REGISTRY)  # dept, pt, adept, lora, full
 SCORINGS = ("rank", "generate")
 SPLITS = ("train", "validation", "test")
 POLICIES = ("mixed", "adapter", "none")  # how `dept serve` batches requests (dept.serve.scheduler)
 CUSTOM_PREFIXES = ("csv:", "tsv:", "jsonl:")
 CUSTOM_TASK_OPTIONS = ("text_fields", "label_field", "task_type")  # task_options a custom task takes
 # Ceilings no real run reaches, so an absurd size is refused before anything is allocated.
-MAX_LEARNING_RATE = 1e3  # Adam moves a parameter by about lr per step; embeddings' RMS is O(1) (defaults: 6 x RMS)
 MAX_TOKENS = 2**20  # --max-length, --prompt-length, --budget (the backbone's own position limit is checked too)
 MAX_GLOBAL_BATCH = 2**16  # --batch-size x --grad-accum: sequences per optimizer step
-
-
-class UsageError(ValueError):
-    """A mistake in what the user asked for; the command line prints it as one line, without a traceback."""
-
-
-def check_choice(flag: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise UsageError(f"{flag} must be one of {', '.join(choices)}; got {value!r}.")
-
-
-def check_at_least(flag: str, value: Optional[float], low: float) -> None:
-    if value is not None and value < low:
-        raise UsageError(f"{flag} must be at least {low:g}; got {value}.")
-
-
-def check_at_most(flag: str, value: Optional[float], high: float, why: str) -> None:
-    if value is not None and value > high:
-        limit = f"{high:g}" if isinstance(high, float) else f"{high:,}"
-        raise UsageError(f"{flag} must be at most {limit} ({why}); got {value}.")
-
-
-def check_learning_rate(flag: str, value: float) -> None:
-    """A non-finite, non-positive or absurd rate can only produce a diverged adapter (or none at all)."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise UsageError(f"{flag} must be a finite number above 0; got {value}.")
-    check_at_most(flag, value, MAX_LEARNING_RATE, "Adam moves each parameter by about the rate per step")
-
-
-def not_utf8(path: Any, err: UnicodeDecodeError) -> str:
-    """The one-line message for a file that does not decode as UTF-8."""
-    byte = err.object[err.start : err.start + 1].hex()
-    return f"{path} is not UTF-8 text (byte 0x{byte}: {err.reason}); save it as UTF-8."
-
-
-def read_text(path: Path, flag: str = "") -> str:
-    """A text file's contents, or one line naming the file (and its flag) if it is not UTF-8."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UsageError(f"{flag + ' ' if flag else ''}{not_utf8(path, err)}") from None
 
 
 def is_custom_task(task: str) -> bool:
@@ -117,24 +87,13 @@ class MethodOptions:
         ):
             check_at_most(flag, value, MAX_TOKENS, "tokens")
         check_at_least("--rank", self.rank, 0)
-        if self.rank is not None and self.rank > self.max_length:
-            raise UsageError(
-                f"--rank {self.rank} is above --max-length {self.max_length}: A (s x r) cannot have a "
-                f"higher rank than s; choose --rank <= {self.max_length}."
-            )
-        if self.method == "dept" and self.rank is None and self.prompt_length > self.budget:
-            raise UsageError(
-                f"--prompt-length {self.prompt_length} exceeds the --budget of {self.budget} prompt tokens; "
-                "choose --prompt-length <= --budget (or set --rank)."
-            )
         rates = (("--lr-prompt", self.lr_prompt), ("--lr-lowrank", self.lr_lowrank), ("--lr", self.lr))
         for flag, value in (*rates, ("--lr-head", self.lr_head)):
             if value is not None:
                 check_learning_rate(flag, value)
         if self.init_from is not None and not Path(self.init_from).is_dir():
             raise UsageError(f"--init-from {self.init_from} is not a folder; give an adapter folder such as RUN/best.")
-        if self.init_from is not None and self.method not in ("dept", "pt"):
-            raise UsageError(f"--init-from starts from a DePT or PT adapter; --method {self.method} cannot use it.")
+        get_method(self.method).validate(self)
 
 
 @dataclass
@@ -321,7 +280,7 @@ def flat_options(opts: TrainOptions) -> dict[str, Any]:
 # What `dept tune` searches per method, and the default log-uniform ranges: wide, because good rates
 # scale with the backbone's embedding RMS and with the step budget (dept.rates: the prompt rate that
 # defaults to 0.81 on SmolLM2 is 6.2 on Gemma-3-270m; the official T5 runs use 0.3 for 30k steps).
-SEARCHED_RATES = {"dept": ("lr_prompt", "lr_lowrank"), "pt": ("lr_prompt",), "lora": ("lr",), "full": ("lr",)}
+SEARCHED_RATES = {name: method.searched_rates for name, method in REGISTRY.items()}
 RATE_RANGES = {"lr_prompt": (1e-3, 10.0), "lr_lowrank": (1e-6, 1e-2), "lr": (1e-6, 1e-2)}
 
 
@@ -370,8 +329,11 @@ class TuneOptions:
             if low > high:
                 raise UsageError(f"{flag} is LOW HIGH with LOW <= HIGH; got {low:g} {high:g}.")
         if self.search_shape:
-            if method != "dept":
-                raise UsageError(f"--search-shape searches DePT's prompt length; --method {method} has none to search.")
+            if not REGISTRY[method].searches_shape:
+                shaped = "/".join(name for name, m in REGISTRY.items() if m.searches_shape)
+                raise UsageError(
+                    f"--search-shape searches the prompt length of --method {shaped}; --method {method} has none to search."
+                )
             if run.method.rank is not None:
                 raise UsageError("--search-shape keeps the rank budget-matched; leave --rank out.")
             low, high = self.space(run)["prompt_length"]

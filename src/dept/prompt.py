@@ -1,5 +1,5 @@
-"""The DePT adapter (prompt P, low-rank pair A, B) and the one function that turns a batch's input
-embeddings into the backbone's inputs: prompt prepended, position-wise offset added out of place.
+"""The adapter (prompt P plus a DePT or ADePT update) and the one function that turns a batch's input
+embeddings into the backbone's inputs: prompt prepended, offsets added out of place.
 
 Offsets follow each row's *real* token positions (from the attention mask), so a left-padded row,
 a right-padded row and the same row unpadded all get the same update: no padding to s is needed.
@@ -20,12 +20,13 @@ from dept.config import DePTConfig
 
 # A is drawn from seed + this, P from seed: two streams, so a random P and A are not correlated.
 LOWRANK_SEED_OFFSET = 1_000_003
+TOKEN_UPDATE_DROPOUT = 0.1
 
 
 class DePTAdapter(nn.Module):
-    """P (m×d), A (s×r), B (r×d), initialised as the official code: A kaiming-uniform, B zeros,
-    so step 0 is exactly prompt tuning with the short prompt. `head` holds this adapter's own copy
-    of a classifier's task head (empty for language models)."""
+    """P (m×d) and the update's tensors (`DePTConfig.update_shapes`), initialised as the official
+    codes: A kaiming-uniform, the rest zeros, so step 0 is exactly prompt tuning with the short
+    prompt. `head` holds this adapter's own copy of a classifier's task head (empty for LMs)."""
 
     def __init__(
         self,
@@ -44,27 +45,43 @@ class DePTAdapter(nn.Module):
                 f"prompt init has shape {tuple(prompt_init.shape)}, expected ({config.prompt_length}, {hidden_size})."
             )
         self.prompt_embeddings = nn.Parameter(prompt_init.detach().clone().float())
+        # Prompt tuning (rank 0) has no update tensors at all: zero-size trainable tensors never reach the
+        # loss, and DDP fails on parameters that get no gradient.
+        for name, shape in config.update_shapes(hidden_size).items():
+            self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+        for name in ("lora_embedding_A", "lora_embedding_B"):
+            if not hasattr(self, name):
+                self.register_parameter(name, None)
         if config.rank:
-            lora_a = torch.empty(config.max_length, config.rank)
             # Its own stream: drawn from the prompt's seed, A would be correlated with a random P.
             generator = torch.Generator().manual_seed(config.seed + LOWRANK_SEED_OFFSET)
-            nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5), generator=generator)
-            self.lora_embedding_A = nn.Parameter(lora_a)
-            self.lora_embedding_B = nn.Parameter(torch.zeros(config.rank, hidden_size))
-        else:
-            # Prompt tuning: no A, B at all. Zero-size trainable tensors never reach the loss, and DDP
-            # fails on parameters that get no gradient.
-            self.register_parameter("lora_embedding_A", None)
-            self.register_parameter("lora_embedding_B", None)
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(self.lora_embedding_A, a=math.sqrt(5), generator=generator)
+        # ADePT's dropout on e·A + a (the official 0.1); a no-op in eval mode, so rows stay independent.
+        self.dropout = nn.Dropout(TOKEN_UPDATE_DROPOUT if config.update == "token" else 0.0)
         self.head = nn.ModuleDict(head or {})
 
     @property
     def prompt_length(self) -> int:
         return self.config.prompt_length
 
-    def offsets(self, positions: torch.Tensor) -> torch.Tensor:
-        """(α/√r)·A[pos]·B for each token position, (…, L) -> (…, L, d)."""
-        return F.embedding(positions, self.lora_embedding_A) @ self.lora_embedding_B * self.config.scaling
+    @property
+    def has_update(self) -> bool:
+        return bool(self.config.rank)
+
+    def offsets(self, embeds: torch.Tensor, positions: torch.Tensor, offset_mask: torch.Tensor) -> torch.Tensor:
+        """The offset of every token, (…, L, d) in fp32, from its embedding and its position among the
+        row's real tokens; `offset_mask` marks the tokens that will get it (only those are length-checked).
+        DePT reads (α/√r)·A[pos]·B; ADePT computes ReLU(dropout(e·A + a))·B + b."""
+        if self.config.update == "token":
+            hidden = self.dropout(
+                embeds.to(self.lora_embedding_A.dtype) @ self.lora_embedding_A + self.lora_embedding_a
+            )
+            return F.relu(hidden) @ self.lora_embedding_B + self.lora_embedding_b
+        _check_length(self, positions, offset_mask)
+        # Tokens past s (a causal answer after a long source) get no offset: clamp only to look up.
+        reachable = positions.clamp(max=self.config.max_length - 1)
+        return F.embedding(reachable, self.lora_embedding_A) @ self.lora_embedding_B * self.config.scaling
 
 
 @dataclass
@@ -93,7 +110,7 @@ def prepend_prompts(
     padding_side: Literal["left", "right"],
     offset_mask: Optional[torch.Tensor] = None,
 ) -> PromptedInputs:
-    """Apply DePT to a batch. `groups` pairs each adapter (None = no adapter) with the rows it
+    """Apply DePT/ADePT to a batch. `groups` pairs each adapter (None = no adapter) with the rows it
     serves (None = all rows). Each row becomes [P ; E + offsets] with its real tokens contiguous,
     padded on `padding_side`, so rows of different prompt lengths share one batch.
 
@@ -116,11 +133,9 @@ def prepend_prompts(
         m = adapter.prompt_length
         prompt[rows, slots - m :] = adapter.prompt_embeddings.to(prompt.dtype)
         prompt_mask[rows, slots - m :] = 1
-        if adapter.config.rank and len(rows):
-            _check_length(adapter, positions[rows], offset_mask[rows])
-            # Tokens past s (a causal answer after a long source) get no offset: clamp only to look up.
-            reachable = positions[rows].clamp(max=adapter.config.max_length - 1)
-            offsets = offsets.index_add(0, rows, adapter.offsets(reachable).to(offsets.dtype))
+        if adapter.has_update and len(rows):
+            update = adapter.offsets(inputs_embeds[rows], positions[rows], offset_mask[rows])
+            offsets = offsets.index_add(0, rows, update.to(offsets.dtype))
     inputs_embeds = inputs_embeds + offsets * offset_mask.unsqueeze(-1).to(offsets.dtype)
 
     full_embeds = torch.cat([prompt, inputs_embeds], dim=1)

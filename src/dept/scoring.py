@@ -8,7 +8,6 @@ take six) share one pass over the source and continue from its KV cache.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,8 +16,7 @@ from typing import Optional
 import torch
 
 from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
-from dept.kinds import cache_name
-from dept.loss import last_logits
+from dept.methods.calls import last_logits, prefill
 from dept.model import DePTModel
 from dept.precision import autocast
 from dept.tasks.registry import MAX_REGRESSION_CANDIDATES, REGRESSION_STEP, regression_candidates
@@ -162,25 +160,15 @@ def _shared_source_logprobs(model, rows: Sequence[_Row], pad: int, device) -> li
     in six rows): each source runs once and leaves a KV cache; the candidate prefixes continue from
     it. The same log-probabilities as one sequence per row (DePT offsets on the source only), at the
     cost of one source pass per example instead of one per row."""
-    inner = getattr(model, "module", model)  # DDP
-    dept_model = hasattr(inner, "prefill")
-    backbone = inner.base_model if dept_model else inner
-    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone  # under PEFT
-    cache_arg = cache_name(base)
     firsts: dict[tuple, _Row] = {}
     for r in rows:
         firsts.setdefault((r.example, r.adapter), r)
     keys = list(firsts)
     batch = pad_batch([Encoded(firsts[k].source, []) for k in keys], "causal", pad)
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    if dept_model:
-        names = [k[1] for k in keys] if keys[0][1] is not None else None
-        out, mask, positions = inner.prefill(ids, mask, names)
-    else:
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        last = {"logits_to_keep": torch.tensor([-1], device=device)}  # the last slot only (see DePTModel.generate)
-        keep = last if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
-        out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
+    names = [k[1] for k in keys] if keys[0][1] is not None else None
+    p = prefill(model, ids, mask, names)
+    out, mask, positions, backbone, cache_arg = p.out, p.attention_mask, p.position_ids, p.backbone, p.cache_arg
     first = out.logits[:, -1].float().log_softmax(-1)
     longest = max(len(r.prefix) for r in rows)
     slot = {key: i for i, key in enumerate(keys)}

@@ -31,16 +31,17 @@ from typing import Any, Optional
 import torch
 from safetensors import SafetensorError
 
-from dept import methods, rundir
+from dept import rundir
 from dept._extras import requires
 from dept.backbones import load_backbone
 from dept.data import count_truncated, encode, pad_batch, pad_id
 from dept.kinds import model_kind
-from dept.loss import label_count, lm_loss
+from dept.methods import get_method, num_trainable
+from dept.methods.calls import label_count, lm_loss
 from dept.optim import create_scheduler
 from dept.options import MethodOptions, TrainOptions, UsageError
 from dept.precision import autocast, avoid_broken_attention_kernels, resolve_precision
-from dept.rates import embedding_rms, with_default_rates
+from dept.rates import embedding_rms
 from dept.scoring import evaluate
 
 with requires("train"):
@@ -143,20 +144,21 @@ class Run:
         for name, split in (("train", self.train_set), ("validation", self.val_set)):
             if not split:
                 raise UsageError(f"The {name} split of {opts.task} is empty; check the data source.")
-        self.backbone, self.tokenizer = load_backbone(opts.model, dtype=backbone_dtype(self.precision, opts.method))
+        self.method = method = get_method(opts.method.method)
+        self.backbone, self.tokenizer = load_backbone(opts.model, dtype=method.backbone_dtype(self.precision))
         self._check_positions()
-        self.opts = opts = dataclasses.replace(opts, method=with_default_rates(opts.method, self.backbone))
+        self.opts = opts = dataclasses.replace(opts, method=method.with_default_rates(opts.method, self.backbone))
         self.kind = model_kind(self.backbone)
         scale = embedding_rms(self.backbone)
-        self.model = methods.build(opts.method, self.backbone, self.tokenizer, self.kind)
-        self._check_init_shape()
+        self.model = method.build(opts.method, self.backbone, self.tokenizer, self.kind)
+        method.check_init(opts.method, self.model, self.backbone.get_input_embeddings().weight.shape[1])
         self.scale = max([scale, *(rms(p) for p in self.model.parameters() if p.requires_grad)])
         if opts.gradient_checkpointing:
             target = self.model if hasattr(self.model, "gradient_checkpointing_enable") else self.backbone
             target.gradient_checkpointing_enable()
         self.encoded = [self._encode(e) for e in self.train_set]
         self._warn_truncation()
-        self.optimizer = methods.optimizer_for(opts.method, self.model)
+        self.optimizer = method.optimizer(opts.method, self.model)
         warmup = opts.warmup_steps if opts.warmup_steps is not None else min(500, opts.max_steps // 10)
         self.scheduler = create_scheduler(self.optimizer, warmup, opts.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
@@ -175,36 +177,12 @@ class Run:
         m = self.opts.method
         config = self.backbone.config
         limit = getattr(getattr(config, "get_text_config", lambda **_: config)(), "max_position_embeddings", None)
-        prompt = {"dept": m.prompt_length, "pt": m.budget}.get(m.method, 0)
+        prompt, flag = self.method.prompt_tokens(m)
         if isinstance(limit, int) and prompt + m.max_length > limit:
-            flags = f"--max-length {m.max_length}" + (
-                f" + the prompt's {prompt} tokens ({'--prompt-length' if m.method == 'dept' else '--budget'})"
-                if prompt
-                else ""
-            )
+            flags = f"--max-length {m.max_length}" + (f" + the prompt's {prompt} tokens ({flag})" if prompt else "")
             raise UsageError(
                 f"{flags} is more than the {limit} positions of {self.opts.model} (max_position_embeddings); "
                 "choose smaller sizes."
-            )
-
-    def _check_init_shape(self) -> None:
-        """--init-from trains the adapter it loads: the run's shape options must be that adapter's."""
-        m = self.opts.method
-        if not m.init_from:
-            return
-        loaded = self.model.adapters[self.model.active_adapter].config
-        asked = methods.dept_config(m, self.backbone.get_input_embeddings().weight.shape[1])
-        shape = ("prompt_length", "rank", "max_length")
-        if any(getattr(loaded, k) != getattr(asked, k) for k in shape):
-            flags = (
-                f"--prompt-length {loaded.prompt_length} --rank {loaded.rank}"
-                if m.method == "dept"
-                else f"--budget {loaded.prompt_length}"
-            )
-            raise UsageError(
-                f"--init-from {m.init_from} holds an adapter with m={loaded.prompt_length}, r={loaded.rank}, "
-                f"s={loaded.max_length}, but this run's options give m={asked.prompt_length}, r={asked.rank}, "
-                f"s={asked.max_length}; pass {flags} --max-length {loaded.max_length} to continue that adapter."
             )
 
     def _warn_truncation(self) -> None:
@@ -307,7 +285,7 @@ class Run:
 
         def write(tmp: Path) -> None:
             try:
-                methods.save(self.opts.method, self.unwrapped, tmp / "model", self.tokenizer)
+                self.method.save(self.unwrapped, tmp / "model", self.tokenizer)
                 trainer_state = {
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
@@ -342,7 +320,7 @@ class Run:
             self.scheduler.load_state_dict(saved["scheduler"])
             rng = saved["rng"]
             file = path / "model"
-            methods.load_weights(self.opts.method, self.unwrapped, file)
+            self.method.load_weights(self.unwrapped, file)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
             raise UsageError(
                 f"--resume: {file} is unreadable ({_first_line(err)}); the checkpoint is torn or corrupt. "
@@ -364,17 +342,6 @@ class Run:
             group["initial_lr"] = self.scheduler.base_lrs[i] = rates[group["name"]]
             group["lr"] = rates[group["name"]] * self.scheduler.lr_lambdas[i](self.scheduler.last_epoch)
 
-    def _rates(self) -> dict[str, Optional[float]]:
-        """The learning rates this run trained with (None for the ones its method has no use for)."""
-        m = self.opts.method
-        prompt = m.method in ("dept", "pt")
-        return {
-            "lr_prompt": m.lr_prompt if prompt else None,
-            "lr_lowrank": m.lr_lowrank if m.method == "dept" else None,
-            "lr": None if prompt else m.lr,
-            "lr_head": m.lr_head if prompt and self.kind == "classification" else None,
-        }
-
     def _eval_and_select(self) -> dict:
         metrics = {}
         if self.accelerator.is_main_process:
@@ -384,7 +351,7 @@ class Run:
                 self.state.update(best=score, best_step=self.state["step"], best_metrics=metrics, bad_evals=0)
                 rundir.atomic_dir(
                     self.out / rundir.BEST,
-                    lambda tmp: methods.save(self.opts.method, self.unwrapped, tmp, self.tokenizer),
+                    lambda tmp: self.method.save(self.unwrapped, tmp, self.tokenizer),
                 )
             else:
                 self.state["bad_evals"] += 1
@@ -517,13 +484,13 @@ class Run:
         if self.accelerator.is_main_process:
             best = rundir.restorable(self.out / rundir.BEST)
             if best is not None:
-                methods.load_weights(self.opts.method, self.unwrapped, best)
+                self.method.load_weights(self.unwrapped, best)
             results = {
                 "task": self.opts.task,
                 "method": self.opts.method.method,
                 "model": self.opts.model,
                 "steps": self.state["step"],
-                "trainable_parameters": methods.num_trainable(self.unwrapped),
+                "trainable_parameters": num_trainable(self.unwrapped),
                 "train_seconds": round(self.state["train_seconds"], 2),
                 "peak_memory_mb": round(peak_memory_mb(device), 1),
                 "main_metric": self.task.main_metric,
@@ -532,7 +499,7 @@ class Run:
                 "precision": self.precision,
                 "seed": self.opts.seed,
                 "split_seed": self.opts.split_seed,
-                **self._rates(),
+                **self.method.rates_used(self.opts.method, self.kind),
                 "scoring": self.opts.scoring,
                 "processes": self.accelerator.num_processes,
                 "commit": rundir.code_commit(),
@@ -557,13 +524,6 @@ class Run:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0].strip() if text else type(err).__name__
-
-
-def backbone_dtype(precision: str, method: MethodOptions) -> torch.dtype:
-    """bf16 runs keep a frozen backbone in bf16: autocast would cast its weights to bf16 for every matmul
-    anyway, and the fp32 copy costs memory and a cast per step. Full fine-tuning trains those weights,
-    so they stay fp32 (Adam's small updates vanish in bf16)."""
-    return torch.bfloat16 if precision == "bf16" and method.method != "full" else torch.float32
 
 
 def train(opts: TrainOptions, on_eval: Optional[Callable[[int, float], None]] = None) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from dept import rundir
-from dept._extras import requires
+from dept.methods import get_method
 from dept.options import UsageError
 
 logger = logging.getLogger("dept.cli")
@@ -51,26 +51,12 @@ class Trained:
         self.adapter = _adapter_folder(adapter)
         self.run = rundir.with_split_seed(_run_settings(self.adapter))
         self.method = (self.run.get("method") or {}).get("method", "dept")
-        self.max_length = None  # the adapter's own s, for dept adapters
-        self.kind = None  # the backbone kind a dept adapter was saved with, where it says
-        if self.method in ("dept", "pt"):
-            from dept.checkpoint import read_adapter
-
-            config, _, backbone = read_adapter(self.adapter)  # names a missing, truncated, corrupt or NaN file
-            self.max_length = config.max_length
-            self.kind = backbone.get("kind")
-        elif self.method == "lora":
-            from dept.checkpoint import read_weights
-
-            if not (self.adapter / "adapter_config.json").is_file():
-                raise UsageError(
-                    f"No adapter_config.json in {self.adapter}; expected the LoRA adapter a --method lora run saves."
-                )
-            read_weights(self.adapter)
-        elif not (self.adapter / "config.json").is_file():
-            raise UsageError(f"No config.json in {self.adapter}; a --method full run saves a whole model folder.")
+        self.handler = get_method(self.method)
+        saved = self.handler.inspect_saved(self.adapter)
+        self.max_length = saved["max_length"]  # the adapter's own s, where it says
+        self.kind = saved["kind"]  # the backbone kind the adapter was saved with, where it says
         self.backbone = model or self.run.get("model")
-        if self.backbone is None and self.method != "full":
+        if self.backbone is None and not self.handler.saves_backbone:
             raise UsageError(f"No run.json next to {self.adapter} names its backbone; pass --model.")
 
     def setting(self, key: str, flag: str, given, default):
@@ -83,26 +69,8 @@ class Trained:
         return given
 
     def load(self):
-        """Backbone + trained weights: dept adapters, peft LoRA adapters or full models."""
-        from dept.backbones import load_backbone
-        from dept.model import DePTModel
-
-        if self.method == "full":
-            return load_backbone(str(self.adapter))
-        backbone, tokenizer = load_backbone(self.backbone)
-        if self.method == "lora":
-            with requires("train"):
-                from peft import PeftModel
-
-            try:
-                return PeftModel.from_pretrained(backbone, self.adapter), tokenizer
-            except (RuntimeError, ValueError) as err:  # size mismatches, target modules the backbone lacks
-                trained_on = self.run.get("model") or "a backbone run.json does not name"
-                raise UsageError(
-                    f"The LoRA adapter {self.adapter} (trained on {trained_on}) does not fit the backbone "
-                    f"{self.backbone}: {str(err).strip().splitlines()[-1].strip()}"
-                ) from None
-        return DePTModel.from_pretrained(backbone, self.adapter, tokenizer=tokenizer), tokenizer
+        """(model, tokenizer) with the trained weights: a DePTModel, a PEFT LoRA model or a full model."""
+        return self.handler.load_saved(self.adapter, self.backbone, self.run)
 
 
 def model_kind_of(model) -> str:

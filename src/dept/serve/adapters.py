@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dept import checkpoint
+from dept.methods import METHODS, get_method
 from dept.model import BASE, DePTModel
 from dept.options import UsageError
 from dept.trained import _adapter_folder, _run_settings
@@ -90,8 +91,9 @@ class AdapterStore:
                 raise ServeError(400, f"Cannot serve {path}: it is not a folder.", "path")
             method = run.get("method") or {}
             method = method.get("method", "dept") if isinstance(method, dict) else method
-            if method not in ("dept", "pt"):
-                raise ServeError(400, f"{path} is a --method {method} run; dept serve serves DePT and PT adapters.")
+            if not get_method(method).trains_prompt:
+                served = ", ".join(name for name, m in METHODS.items() if m.trains_prompt)
+                raise ServeError(400, f"{path} is a --method {method} run; dept serve serves {served} adapters.")
             if not (folder / checkpoint.WEIGHTS_NAME).is_file():
                 raise ServeError(
                     400,
