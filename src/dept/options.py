@@ -164,8 +164,9 @@ class TrainOptions:
     precision: str = option("auto", "auto = bf16 where the hardware has it.", choices=PRECISIONS)
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, slower.")
     eval_every: int = option(100, "Evaluate every N steps.")
-    # Each evaluation is checkpointed too.
-    save_every: Optional[int] = option(None, "Checkpoint every N steps, without evaluating (default: --eval-every).")
+    save_every: Optional[int] = option(
+        None, "Checkpoint every N steps, without evaluating (default: --eval-every); each evaluation is checkpointed."
+    )
     eval_samples: Optional[int] = option(None, "Evaluate on the first N validation examples (default: all).")
     test_samples: Optional[int] = option(None, "Test on the first N test examples (default: all).")
     eval_batch_size: int = option(32, "Sequences per batch when scoring.", flag=False)
