@@ -4,6 +4,7 @@ one `error:` line (exit status 2) for each user mistake, through the console scr
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from typer.testing import CliRunner
 
 import dept.train
 from dept.cli import app, main
-from dept.options import MethodOptions
+from dept.cli_options import flag_fields
+from dept.options import METHODS, MethodOptions, TuneOptions
 from dept.train import TrainOptions
 
 from conftest import OFFICIAL_DIR
@@ -508,3 +510,19 @@ def test_cli_defaults_are_the_dataclass_defaults(monkeypatch, capsys):
     assert captured[0] == TrainOptions(task="glue/rte") and captured[0].method == MethodOptions()
     assert cli(capsys, "train")[0] == 0  # the main job: the default task, its own step budget
     assert captured[1].task == TrainOptions.task and captured[1].max_steps != TrainOptions.max_steps
+
+
+@pytest.mark.parametrize(
+    "command, options", [("train", (TrainOptions, MethodOptions)), ("tune", (TuneOptions,))], ids=["train", "tune"]
+)
+def test_every_option_flag_has_its_help_on_the_help_page(command, options):
+    """The flags are made from the dataclass fields: each has a help text in its metadata, shown with the flag."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    for cls in options:
+        for f in flag_fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text in its metadata"
+            line = next((line for line in result.output.splitlines() if re.match(rf"│[\s*]*{flag}\s", line)), "")
+            assert f.metadata["help"] in line, (flag, line)
+    assert command != "train" or " | ".join(METHODS) in result.output  # the choices come from METHODS

@@ -11,7 +11,7 @@ import json
 import math
 import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -51,22 +51,30 @@ def default_output_dir(task: str, method: str) -> str:
     return str(Path("runs") / name / method)
 
 
+def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, flag: bool = True, **cli: Any) -> Any:
+    """A field that documents itself: its metadata is what `dept train/tune` make of it (dept.cli_options): the
+    help text and what else the flag needs (choices=..., envvar=...); flag=False: --config and Python only."""
+    return field(default=default, default_factory=factory, metadata={"help": help, "flag": flag, **cli})
+
+
 @dataclass
 class MethodOptions:
-    method: str = "dept"
-    budget: int = 100
-    prompt_length: int = 60
-    rank: Optional[int] = None
-    max_length: int = 256
-    lora_rank: int = 8
-    lr_prompt: Optional[float] = None  # None: scaled to the backbone's embeddings (dept.rates)
-    lr_lowrank: Optional[float] = None
-    lr: float = 5e-4  # LoRA and full fine-tuning
-    lr_head: float = 1e-3  # a classifier's task head (dept/pt on ...ForSequenceClassification): a linear layer, as LoRA
-    init_from: Optional[str] = None
-    reset_lowrank_b: bool = False
-    prompt_init: str = "text"
-    seed: int = 42
+    method: str = option("dept", "DePT, prompt tuning, LoRA or full fine-tuning.", choices=METHODS)
+    budget: int = option(100, "PT prompt length l whose parameter count DePT matches.")
+    prompt_length: int = option(60, "DePT prompt length m.")
+    rank: Optional[int] = option(None, "DePT rank r (default: budget-matched).")
+    max_length: int = option(256, "Longest input s (tokens); longer sources are truncated.")
+    lora_rank: int = option(8, "Rank of --method lora's update matrices.")
+    # None: scaled to the backbone's embeddings (dept.rates).
+    lr_prompt: Optional[float] = option(None, "Soft prompt learning rate (default: 6 x the input embeddings' RMS).")
+    lr_lowrank: Optional[float] = option(None, "Learning rate of A and B (default: 7.5e-5 x the embeddings' RMS).")
+    lr: float = option(5e-4, "Learning rate for --method lora/full.")
+    # A classifier's task head (dept/pt on ...ForSequenceClassification) is a linear layer: LoRA's kind of rate.
+    lr_head: float = option(1e-3, "Learning rate of a classifier backbone's task head (dept/pt).")
+    init_from: Optional[str] = option(None, "Start from this adapter folder, e.g. RUN/best (transfer; dept/pt).")
+    reset_lowrank_b: bool = option(False, "With --init-from: zero B, keep the prompt and A.")
+    prompt_init: str = option("text", "How the soft prompt starts (dept.config.PROMPT_INITS).", flag=False)
+    seed: int = option(42, "Seed of the adapter's initialisation (from the run's --seed).", flag=False)
 
     def validate(self) -> None:
         from dept.config import PROMPT_INITS
@@ -98,38 +106,40 @@ class MethodOptions:
 
 @dataclass
 class TrainOptions:
-    task: str = "glue/stsb"
-    model: str = "smollm2-135m"
-    output_dir: Optional[str] = None  # default: runs/<task>/<method>
-    data_dir: Optional[str] = None
-    split_rule: str = "paper"
+    task: str = option("glue/stsb", "glue/<task>, superglue/<task>, csv:PATH, tsv:PATH or jsonl:PATH.")
+    model: str = option("smollm2-135m", "Named offline backbone, hub id or local directory.")
+    output_dir: Optional[str] = option(None, "The run's folder (default runs/<task>/<method>).")
+    data_dir: Optional[str] = option(None, "Folder of the original glue/ and superglue/ files.", envvar="DEPT_DATA_DIR")
+    split_rule: str = option("paper", "paper (DePT's splits) or official (train/dev as released).")
     # The split rule's shuffle has its own seed (the paper's 42): `seed` varies initialisation, data order and
     # dropout, never which examples are validation or test, so every seed and method is scored on one test set.
-    split_seed: int = 42
-    method: MethodOptions = field(default_factory=MethodOptions)
-    max_steps: int = 300
-    batch_size: int = 16
-    grad_accum: int = 1
-    warmup_steps: Optional[int] = None  # default: min(500, max_steps // 10)
-    max_grad_norm: float = 1.0
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    eval_every: int = 100
-    save_every: Optional[int] = None  # default: eval_every
-    eval_samples: Optional[int] = None
-    test_samples: Optional[int] = None
-    eval_batch_size: int = 32
-    patience: Optional[int] = None
-    scoring: str = "rank"
-    k_shot: Optional[int] = None
-    seed: int = 42
-    resume: bool = False
-    overwrite: bool = False
-    log_every: int = 10
-    zero_shot: bool = False
-    tensorboard: bool = False
-    test: bool = True
-    task_options: dict = field(default_factory=dict)  # custom csv:/jsonl: tasks: text_fields, label_field
+    split_seed: int = option(42, "Seed of the paper split's shuffle; --seed never moves validation or test examples.")
+    method: MethodOptions = option(factory=MethodOptions, help="The method and its hyperparameters.", flag=False)
+    max_steps: int = option(300, "Optimizer steps.")
+    batch_size: int = option(16, "Global batch size: sequences per optimizer step.")
+    grad_accum: int = option(1, "Micro-batches per optimizer step.")
+    warmup_steps: Optional[int] = option(None, "Linear warm-up steps (default min(500, max_steps // 10)).")
+    max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0: no clipping).")
+    precision: str = option("auto", "auto = bf16 where the hardware has it.", choices=PRECISIONS)
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, slower.")
+    eval_every: int = option(100, "Evaluate every N steps.")
+    save_every: Optional[int] = option(
+        None, "Checkpoint every N steps, without evaluating (default: --eval-every); each evaluation is checkpointed."
+    )
+    eval_samples: Optional[int] = option(None, "Evaluate on the first N validation examples (default: all).")
+    test_samples: Optional[int] = option(None, "Test on the first N test examples (default: all).")
+    eval_batch_size: int = option(32, "Sequences per batch when scoring.", flag=False)
+    patience: Optional[int] = option(None, "Stop after this many evaluations without improvement.")
+    scoring: str = option("rank", "rank = label log-likelihood, generate = greedy, exact match.", choices=SCORINGS)
+    k_shot: Optional[int] = option(None, "Train on k examples per class.")
+    seed: int = option(42, "Seed of initialisation, data order and dropout (not of the split).")
+    resume: bool = option(False, "Continue the run in OUTPUT_DIR (same task, method, model, adapter shape).")
+    overwrite: bool = option(False, "Replace the run in OUTPUT_DIR.")
+    log_every: int = option(10, "Log the training loss every N steps.", flag=False)
+    zero_shot: bool = option(False, "Also score the untouched backbone.")
+    tensorboard: bool = option(False, "Also write TensorBoard logs to OUTPUT_DIR/tensorboard.")
+    test: bool = option(True, "Score the test split at the end.", flag=False)
+    task_options: dict = option(factory=dict, help="Custom tasks: text_fields, label_field, task_type.", flag=False)
 
     @property
     def out(self) -> Path:
@@ -286,12 +296,12 @@ RATE_RANGES = {"lr_prompt": (1e-3, 10.0), "lr_lowrank": (1e-6, 1e-2), "lr": (1e-
 
 @dataclass
 class TuneOptions:
-    trials: int = 20  # finished (completed or pruned) trials in total, across resumed searches
-    timeout: Optional[float] = None  # seconds; no new trial starts after it
-    ranges: dict = field(default_factory=dict)  # overrides of RATE_RANGES (and `prompt_length` with search_shape)
-    search_shape: bool = False  # DePT: also search the prompt length m, with the budget-matched rank
-    prune_after: int = 3  # MedianPruner's n_startup_trials: trials that finish before any is pruned
-    output_dir: Optional[str] = None  # default: runs/<task>/<method>/tune
+    trials: int = option(20, "Finished (completed or pruned) trials in total, across resumed searches.")
+    timeout: Optional[float] = option(None, "Seconds; no new trial starts after them.")
+    ranges: dict = option(factory=dict, help="RATE_RANGES overrides (prompt_length: with search_shape).", flag=False)
+    search_shape: bool = option(False, "dept: also search the prompt length m, with the budget-matched rank.")
+    prune_after: int = option(3, "Trials that finish before the median rule prunes any (n_startup_trials).")
+    output_dir: Optional[str] = option(None, "The search's folder (default runs/<task>/<method>/tune).")
 
     def out(self, run: TrainOptions) -> Path:
         return Path(self.output_dir or Path(default_output_dir(run.task, run.method.method)) / "tune")

@@ -50,13 +50,12 @@ class Trained:
     def __init__(self, adapter: Path, model: Optional[str]):
         self.adapter = _adapter_folder(adapter)
         self.run = rundir.with_split_seed(_run_settings(self.adapter))
-        self.method = (self.run.get("method") or {}).get("method", "dept")
-        self.handler = get_method(self.method)
-        saved = self.handler.inspect_saved(self.adapter)
+        self.method = get_method((self.run.get("method") or {}).get("method", "dept"))
+        saved = self.method.inspect_saved(self.adapter)
         self.max_length = saved["max_length"]  # the adapter's own s, where it says
         self.kind = saved["kind"]  # the backbone kind the adapter was saved with, where it says
         self.backbone = model or self.run.get("model")
-        if self.backbone is None and not self.handler.saves_backbone:
+        if self.backbone is None and not self.method.saves_backbone:
             raise UsageError(f"No run.json next to {self.adapter} names its backbone; pass --model.")
 
     def setting(self, key: str, flag: str, given, default):
@@ -70,7 +69,7 @@ class Trained:
 
     def load(self):
         """(model, tokenizer) with the trained weights: a DePTModel, a PEFT LoRA model or a full model."""
-        return self.handler.load_saved(self.adapter, self.backbone, self.run)
+        return self.method.load_saved(self.adapter, self.backbone, self.run)
 
 
 def model_kind_of(model) -> str:

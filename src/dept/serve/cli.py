@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from dept.cli_options import option_of
 from dept.options import POLICIES, PRECISIONS, TrainOptions, UsageError, check_at_least, check_choice
 
 SHUTDOWN_GRACE_S = 30  # after SIGTERM, requests in flight get this long to finish before they are cut
@@ -28,7 +29,7 @@ def _adapters(specs: list[str]) -> dict[str, Path]:
 
 
 def serve_command(
-    model: str = typer.Option(TrainOptions.model, help="Named offline backbone, hub id or local directory."),
+    model: str = option_of(TrainOptions, "model"),
     adapter: list[str] = typer.Option([], help="NAME=PATH of an adapter (or its run folder); repeatable."),
     adapter_root: Optional[Path] = typer.Option(
         None, file_okay=False, exists=True, help="Folder under which POST /v1/adapters may load adapters."
@@ -42,7 +43,7 @@ def serve_command(
         256, help="Prompts/inputs waiting at most (a full queue: HTTP 429); also the most one request may send (400)."
     ),
     api_key: Optional[str] = typer.Option(None, envvar="DEPT_API_KEY", help="Require 'Authorization: Bearer KEY'."),
-    precision: str = typer.Option("auto", help="auto | bf16 | fp32"),
+    precision: str = option_of(TrainOptions, "precision"),
     scheduler: str = typer.Option("mixed", help="mixed (adapters share batches) | adapter | none (baselines)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log requests; show the traceback of an error."),
 ):
