@@ -82,21 +82,24 @@ def no_backbone(monkeypatch):
     """Fail the test if a command loads a backbone: mistakes must be refused before that."""
 
     import dept.backbones
-    import dept.train
+    import dept.runs.train
 
     def refuse(*args, **kwargs):
         raise AssertionError("a backbone was loaded")
 
     monkeypatch.setattr(dept.backbones, "load_backbone", refuse)
-    monkeypatch.setattr(dept.train, "load_backbone", refuse)
+    monkeypatch.setattr(dept.runs.train, "load_backbone", refuse)
 
 
 def randomize_update(dm, name: str = "default", seed: int = 1) -> None:
-    """Give B non-zero values so tests see the low-rank update (B starts at zero)."""
+    """Give the update's zero-initialised tensors (B; ADePT's a and b too) non-zero values, so tests see it."""
     gen = torch.Generator().manual_seed(seed)
+    adapter = dm.adapters[name]
     with torch.no_grad():
-        b = dm.adapters[name].lora_embedding_B
-        b.copy_(torch.randn(b.shape, generator=gen))
+        adapter.lora_embedding_B.copy_(torch.randn(adapter.lora_embedding_B.shape, generator=gen))
+        for key in ("lora_embedding_a", "lora_embedding_b"):
+            if hasattr(adapter, key):
+                getattr(adapter, key).copy_(torch.randn(getattr(adapter, key).shape, generator=gen) * 0.5)
 
 
 def batch():

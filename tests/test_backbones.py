@@ -1,4 +1,4 @@
-"""Tests for dept.backbones and dept.offline: named offline backbones, local dirs, task detection, the GGUF cache."""
+"""Tests for dept.backbones and dept.backbones.offline: named offline backbones, local dirs, task detection, the GGUF cache."""
 
 from __future__ import annotations
 
@@ -20,16 +20,15 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from dept import offline
-from dept.backbones import load_backbone
-from dept.kinds import kind_from_config
-from dept.offline import (
+from dept.backbones import load_backbone, offline
+from dept.backbones.offline import (
     BACKBONES,
     CACHE_MARKER,
     MissingBackbonePackageError,
     backbone_cache_root,
     converted_backbone_dir,
 )
+from dept.core.kinds import kind_from_config
 
 from tiny import make_tiny_llama, make_tiny_t5, make_tiny_tokenizer
 

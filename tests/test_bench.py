@@ -186,7 +186,7 @@ def test_loss_logits_reach_the_output_projection_contiguous():
     """Regression guard for the CPU slowdown the benchmark found: a non-contiguous
     hidden[:, -k:] into a frozen linear runs as a bmm over a batch-expanded weight copy."""
     from dept import DePTConfig, DePTModel
-    from dept.loss import keep_positions, logits_needed
+    from dept.core.loss import keep_positions, logits_needed
 
     from conftest import tiny_llama
 

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from transformers import T5Config, T5ForConditionalGeneration
 
 from dept import DePTConfig, DePTModel, convert_official
-from dept.checkpoint import export_peft
-from dept.optim import create_optimizer
+from dept.core.checkpoint import export_peft
+from dept.core.optim import create_optimizer
 
 from conftest import OFFICIAL_DIR, batch, decoder_ids, randomize_update, run, tiny_llama, tiny_t5
 from tiny import make_tiny_llama

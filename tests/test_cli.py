@@ -13,11 +13,11 @@ import pytest
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-import dept.train
+import dept.runs.train
 from dept.cli import app, main
-from dept.cli_options import flag_fields
+from dept.cli.flags import flag_fields
 from dept.options import METHODS, MethodOptions, TuneOptions
-from dept.train import TrainOptions
+from dept.runs.train import TrainOptions
 
 from conftest import OFFICIAL_DIR
 from tiny import make_tiny_llama, make_tiny_tokenizer
@@ -123,9 +123,9 @@ def test_eval_reads_the_backbone_from_the_run(trained):
 
 
 def test_predict_ranks_or_generates(trained, tmp_path):
+    from dept.runs.trained import Trained
     from dept.scoring import candidates_for, generate_texts, rank_scores
     from dept.tasks import get_task
-    from dept.trained import Trained
 
     sources = ["text: sample 3 is fine", "text: sample 4 is poor", "plain text line"]
     inp = tmp_path / "in.jsonl"
@@ -322,7 +322,7 @@ def test_saved_files_get_the_usual_permissions(trained):
     "args, fragments",
     [
         (["train", "--task", "glue/nope"], ["glue/nope", "Known tasks"]),
-        (["train", "--task", "glue/rte", "--method", "nope"], ["--method", "dept, pt, lora, full"]),
+        (["train", "--task", "glue/rte", "--method", "nope"], ["--method", "dept, pt, adept, lora, full"]),
         (["train", "--task", "glue/rte", "--scoring", "foo"], ["--scoring", "rank, generate"]),
         (["train", "--task", "glue/rte", "--precision", "fp8"], ["--precision"]),
         (["train", "--task", "glue/rte", "--split-rule", "mine"], ["--split-rule"]),
@@ -504,7 +504,7 @@ def test_verbose_shows_the_traceback_and_bugs_keep_theirs(capsys, monkeypatch, n
 
 def test_cli_defaults_are_the_dataclass_defaults(monkeypatch, capsys):
     captured = []
-    monkeypatch.setattr(dept.train, "train", lambda opts: captured.append(opts) or {})
+    monkeypatch.setattr(dept.runs.train, "train", lambda opts: captured.append(opts) or {})
     monkeypatch.delenv("DEPT_DATA_DIR", raising=False)
     assert cli(capsys, "train", "--task", "glue/rte")[0] == 0
     assert captured[0] == TrainOptions(task="glue/rte") and captured[0].method == MethodOptions()

@@ -22,6 +22,7 @@ from tiny import make_tiny_llama, make_tiny_t5, make_tiny_tokenizer
 TEXTS = ["the movie was great", "question: is the sky blue? answer:", "Hello world!"]
 SHORT = DePTConfig(prompt_length=3, rank=2, max_length=64, prompt_init="vocab")
 LONG = DePTConfig(prompt_length=7, rank=4, max_length=48, prompt_init="random", seed=3)
+ADEPT = DePTConfig(prompt_length=5, rank=3, max_length=48, prompt_init="vocab", seed=4, update="token")
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +32,17 @@ def tok():
 
 @pytest.fixture(scope="module")
 def dm(tok):
-    """Two adapters with different prompt lengths and ranks, both with a non-zero update."""
+    """Three adapters with different prompt lengths and ranks (two DePT, one ADePT), all with a non-zero update."""
     model = DePTModel(make_tiny_llama(tokenizer=tok), SHORT)
     model.add_adapter("long", LONG)
+    model.add_adapter("adept", ADEPT)
     randomize_update(model, "default", seed=1)
     randomize_update(model, "long", seed=2)
-    return model
+    randomize_update(model, "adept", seed=3)
+    return model.eval()
 
 
-@pytest.mark.parametrize("name, config", [("default", SHORT), ("long", LONG)])
+@pytest.mark.parametrize("name, config", [("default", SHORT), ("long", LONG), ("adept", ADEPT)])
 def test_backbone_on_the_export_is_the_dept_model(dm, tok, name, config):
     embeds = export_prompt_embeds(dm, tok, TEXTS, adapter_name=name)
     backbone = dm.base_model
@@ -125,7 +128,8 @@ def test_other_backbones_on_the_export_are_the_dept_model(other, tok):
         torch.testing.assert_close(e, batch.inputs_embeds[i][batch.attention_mask[i].bool()])
 
         with torch.no_grad():
-            offsets = adapter.offsets(torch.arange(len(row)))
+            positions = torch.arange(len(row))
+            offsets = adapter.offsets(None, positions, torch.ones_like(positions))
         assert offsets.abs().min() > 0  # a non-zero update on every token
         torch.testing.assert_close(e[:m], adapter.prompt_embeddings)
         torch.testing.assert_close(e[m:], _token_rows(backbone, ids[0]) + offsets)
@@ -164,6 +168,12 @@ def test_long_text_is_refused_naming_both_lengths(dm, tok):
     assert n > LONG.max_length
     with pytest.raises(ValueError, match=rf"texts\[1\] is {n} tokens .* max_length of {LONG.max_length} .*'long'"):
         export_prompt_embeds(dm, tok, ["ok", text], adapter_name="long")
+    # ADePT's offsets have no position table: the whole text is exported, as the model runs it.
+    (embeds,) = export_prompt_embeds(dm, tok, [text], adapter_name="adept")
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad():
+        expected = dm.prompted_inputs(ids, torch.ones_like(ids), adapter_names=["adept"]).inputs_embeds[0]
+    assert embeds.shape[0] == ADEPT.prompt_length + n and torch.equal(embeds, expected)
 
 
 def test_other_mistakes(dm, tok):

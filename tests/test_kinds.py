@@ -1,4 +1,4 @@
-"""dept.kinds: a model's kind from what it is (encoder-decoder, decoder, bidirectional encoder), and
+"""dept.core.kinds: a model's kind from what it is (encoder-decoder, decoder, bidirectional encoder), and
 the padding side that follows from it."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from transformers import (
 
 from dept import DePTConfig, DePTModel
 from dept.backbones import load_backbone
-from dept.kinds import kind_from_config, model_kind, pools_last_token
+from dept.core.kinds import kind_from_config, model_kind, pools_last_token
 
 from conftest import randomize_update, tiny_llama, tiny_t5
 from tiny import make_tiny_tokenizer
@@ -81,7 +81,7 @@ def test_kind_from_config_loads_an_encoder_as_classifier(make_config, arch, capl
     config = make_config()
     if arch is not None:
         config.architectures = [type(config).__name__.removesuffix("Config") + arch]
-    with caplog.at_level(logging.INFO, logger="dept.kinds"):
+    with caplog.at_level(logging.INFO, logger="dept.core.kinds"):
         assert kind_from_config(config) == "classification"
     assert any("bidirectional encoder" in r.getMessage() for r in caplog.records)
 

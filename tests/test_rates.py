@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from dept.core.rates import LOWRANK_RATE_PER_RMS, PROMPT_RATE_PER_RMS, embedding_rms, with_default_rates
 from dept.methods import METHODS
 from dept.options import MethodOptions
-from dept.rates import LOWRANK_RATE_PER_RMS, PROMPT_RATE_PER_RMS, embedding_rms, with_default_rates
-from dept.train import Run
+from dept.runs.train import Run
 from test_train import options, tiny_setup  # noqa: F401  (fixture)
 
 

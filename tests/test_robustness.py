@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import dept.methods
-import dept.train
-from dept.train import Run
+import dept.runs.train
+from dept.runs.train import Run
 from test_cli import cli, one_error_line, train_args, trained  # noqa: F401  (fixture)
 from test_train import options, tiny_setup  # noqa: F401  (fixture)
 
@@ -109,7 +109,7 @@ def test_a_torn_last_log_line_is_dropped_on_resume(trained, tmp_path, capsys):  
 
 
 def test_a_torn_log_line_elsewhere_is_named(tmp_path):
-    from dept.rundir import trim_log
+    from dept.runs.rundir import trim_log
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"st\n{"step": 2}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not JSON"):
@@ -229,14 +229,14 @@ def test_init_from_applies_to_prompt_adapters_only(trained, tmp_path, capsys, no
 
 
 def test_the_error_line_starts_after_the_progress_bar(trained, tmp_path, capsys, monkeypatch):  # noqa: F811
-    loss, calls = dept.train.lm_loss, []
+    loss, calls = dept.runs.train.lm_loss, []
 
     def nan_later(*args, **kwargs):
         calls.append(1)
         value = loss(*args, **kwargs)
         return value * float("nan") if len(calls) == 2 else value
 
-    monkeypatch.setattr(dept.train, "lm_loss", nan_later)
+    monkeypatch.setattr(dept.runs.train, "lm_loss", nan_later)
     code, _, err = cli(capsys, *train_args(trained, tmp_path / "run"))
     one_error_line(code, err, "Loss is nan", alone=False)
     assert "sps=" in err  # the bar was drawn

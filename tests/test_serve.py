@@ -34,7 +34,12 @@ PROMPTS = [
     "premise: a man",
     "sentence: this is",
 ]
-ADAPTERS = {"a": dict(prompt_length=4, rank=2, max_length=32), "b": dict(prompt_length=7, rank=3, max_length=24)}
+# A DePT adapter and an ADePT one: every batched-equals-alone test mixes the two updates.
+ADAPTERS = {
+    "a": dict(prompt_length=4, rank=2, max_length=32),
+    "b": dict(prompt_length=7, rank=3, max_length=24, update="token"),
+}
+METHOD_OF = {"a": "dept", "b": "adept"}
 
 
 @pytest.fixture(scope="module", params=["causal", "seq2seq"])
@@ -48,7 +53,7 @@ def served(request, tmp_path_factory):
     else:
         tok = make_tiny_tokenizer(root / "backbone", pad_token="<pad>", add_eos=True)
         backbone = make_tiny_t5(root / "backbone", tokenizer=tok)
-    ref = DePTModel(backbone, tokenizer=tok)
+    ref = DePTModel(backbone, tokenizer=tok).eval()
     for i, (name, shape) in enumerate(ADAPTERS.items()):
         ref.add_adapter(name, DePTConfig(**shape, prompt_init="vocab", seed=i))
         randomize_update(ref, name, seed=i + 1)
@@ -56,7 +61,7 @@ def served(request, tmp_path_factory):
         ref.set_adapter(name)  # the active adapter is saved at the path itself
         ref.save_pretrained(root / "runs" / name / "best", adapter_names=[name])
         (root / "runs" / name / "run.json").write_text(
-            json.dumps({"task": "glue/sst2", "model": "tiny", "method": {"method": "dept"}})
+            json.dumps({"task": "glue/sst2", "model": "tiny", "method": {"method": METHOD_OF[name]}})
         )
     return _Served(root, tok, backbone, ref)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dept import DePTConfig, DePTModel, load_backbone
+from dept.core.optim import create_optimizer, create_scheduler
 from dept.data import encode, pad_batch
 from dept.methods.calls import lm_loss
-from dept.optim import create_optimizer, create_scheduler
 from dept.precision import autocast, resolve_precision
 
 pytestmark = [

@@ -948,7 +948,7 @@ def test_tasks_package_imports_no_model_code():
         spec = importlib.util.find_spec("dept")
         pkg = types.ModuleType("dept"); pkg.__path__ = list(spec.submodule_search_locations); sys.modules["dept"] = pkg
         import dept.tasks
-        bad = [m for m in ("torch", "transformers", "datasets", "dept.model") if m in sys.modules]
+        bad = [m for m in ("torch", "transformers", "datasets", "dept.core.model") if m in sys.modules]
         assert not bad, bad
         """
     )

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from dept.options import MethodOptions
-from dept.train import Run, TrainOptions, batch_rows
+from dept.runs.train import Run, TrainOptions, batch_rows
 
 from conftest import DATA_DIR
 from tiny import make_tiny_llama, make_tiny_tokenizer
@@ -335,11 +335,11 @@ def test_seeds_score_the_same_examples_and_train_different_adapters(tiny_setup, 
 
 def test_training_runs_the_backbone_with_its_dropout_on_and_scores_without(tiny_setup, tmp_path, monkeypatch):
     """As the official code: the frozen backbone's own dropout is on in training, off in evaluation."""
+    import dept.runs.train
     import dept.scoring
-    import dept.train
 
     seen = {"train": [], "eval": []}
-    monkeypatch.setattr(dept.train, "lm_loss", _recording(dept.train.lm_loss, seen["train"]))
+    monkeypatch.setattr(dept.runs.train, "lm_loss", _recording(dept.runs.train.lm_loss, seen["train"]))
     monkeypatch.setattr(dept.scoring, "rank_scores", _recording(dept.scoring.rank_scores, seen["eval"]))
     Run(options(tiny_setup, tmp_path)).fit()
     assert seen["train"] and all(seen["train"])

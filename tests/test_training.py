@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dept import DePTConfig, DePTModel
-from dept.loss import logits_needed
-from dept.optim import create_optimizer, create_scheduler
+from dept.core.loss import logits_needed
+from dept.core.optim import create_optimizer, create_scheduler
 
 from conftest import batch, randomize_update, tiny_llama, tiny_t5
 

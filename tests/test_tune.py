@@ -8,10 +8,10 @@ import sys
 import optuna
 import pytest
 
-import dept.train
+import dept.runs.train
 from dept.options import TuneOptions, UsageError, read_config
-from dept.train import Run
-from dept.tune import STUDY_FILE, STUDY_NAME, tune
+from dept.runs.train import Run
+from dept.runs.tune import STUDY_FILE, STUDY_NAME, tune
 from test_cli import cli, one_error_line
 from test_train import options
 
@@ -102,7 +102,7 @@ def test_best_json_feeds_train_config(tiny_setup, tmp_path, capsys, caplog):
     code, out, err = cli(capsys, *tune_args(tiny_setup, tmp_path / "tune", "--trials", "2"))
     assert code == 0, err
     assert "train with it: dept train --config" in out
-    lines = [r.getMessage() for r in caplog.records if r.name == "dept.tune"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dept.runs.tune"]
     assert len(lines) == 2 and "(2/2 finished): accuracy" in lines[1], lines  # one line per trial
     best = trials_json(tmp_path / "tune")["best"]
     code, out, err = cli(
@@ -122,7 +122,7 @@ def test_best_json_feeds_train_config(tiny_setup, tmp_path, capsys, caplog):
 
 def test_config_file_then_flags(tiny_setup, tmp_path, capsys, monkeypatch):
     runs = []
-    monkeypatch.setattr(dept.train, "train", lambda opts: runs.append(opts) or {})
+    monkeypatch.setattr(dept.runs.train, "train", lambda opts: runs.append(opts) or {})
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"task": "glue/rte", "lr_prompt": 0.2, "max_steps": 5, "seed": 9, "rank": None}))
     assert cli(capsys, "train", "--config", config, "--max-steps", "7", "--lr-lowrank", "1e-4")[0] == 0
@@ -231,6 +231,6 @@ def test_tune_mistakes_are_one_line(tiny_setup, tmp_path, capsys, no_backbone, e
 
 def test_missing_optuna_names_the_extra(tiny_setup, tmp_path, capsys, monkeypatch, no_backbone):
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now fails as if it were not installed
-    monkeypatch.delitem(sys.modules, "dept.tune", raising=False)
+    monkeypatch.delitem(sys.modules, "dept.runs.tune", raising=False)
     code, _, err = cli(capsys, *tune_args(tiny_setup, tmp_path / "tune"))
     one_error_line(code, err, "'optuna' package", 'pip install "dept[train]"', alone=False)

@@ -2,7 +2,7 @@
 rates and with prompt tuning at its own defaults, on one task at a short budget, over seeds.
 
 The arms, each trained once per seed in this one run on this one machine (the first four by default):
-- `dept-default`: DePT m=60 (budget-matched rank), no learning-rate flags (dept.rates);
+- `dept-default`: DePT m=60 (budget-matched rank), no learning-rate flags (dept.core.rates);
 - `dept-tuned`:   the same at the rates a `dept tune` search chose on validation (`--tuned`);
 - `pt-default`:   prompt tuning l=100 (DePT's parameter count), no rate flags;
 - `pt60-default`: prompt tuning l=60: DePT's prompt without the low-rank pair, which shows what
@@ -40,6 +40,7 @@ ARMS = {
     "pt-default": ("PT l=100, default rate", METHODS["pt"]),
     "pt60-default": ("PT l=60 (DePT without A·B), default rate", ["--method", "pt", "--budget", "60"]),
     "dept-rule": ("DePT m=60, default rates x reference/steps (budget rule)", DEPT),
+    "adept-default": ("ADePT m=60, default rates", METHODS["adept"]),
 }
 
 
@@ -77,10 +78,10 @@ def rule_rates(args: argparse.Namespace) -> list[str]:
     """The default rates of `dept train` on this backbone (the same computation, the same dtype), times
     --rule-reference / --steps."""
     from dept.backbones import load_backbone
+    from dept.core.rates import with_default_rates
     from dept.options import MethodOptions
     from dept.precision import resolve_precision
-    from dept.rates import with_default_rates
-    from dept.train import backbone_dtype
+    from dept.runs.train import backbone_dtype
 
     method = MethodOptions()
     backbone, _ = load_backbone(args.model, dtype=backbone_dtype(resolve_precision("auto"), method))

@@ -52,32 +52,40 @@ def default_output_dir(task: str, method: str) -> str:
 
 
 def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, flag: bool = True, **cli: Any) -> Any:
-    """A field that documents itself: its metadata is what `dept train/tune` make of it (dept.cli_options): the
+    """A field that documents itself: its metadata is what `dept train/tune` make of it (dept.cli.flags): the
     help text and what else the flag needs (choices=..., envvar=...); flag=False: --config and Python only."""
     return field(default=default, default_factory=factory, metadata={"help": help, "flag": flag, **cli})
 
 
 @dataclass
 class MethodOptions:
-    method: str = option("dept", "DePT, prompt tuning, LoRA or full fine-tuning.", choices=METHODS)
-    budget: int = option(100, "PT prompt length l whose parameter count DePT matches.")
-    prompt_length: int = option(60, "DePT prompt length m.")
-    rank: Optional[int] = option(None, "DePT rank r (default: budget-matched).")
-    max_length: int = option(256, "Longest input s (tokens); longer sources are truncated.")
+    method: str = option(
+        "dept", "DePT, prompt tuning, ADePT, LoRA or full fine-tuning (dept.methods).", choices=METHODS
+    )
+    budget: int = option(100, "PT prompt length l whose parameter count DePT and ADePT match.")
+    prompt_length: int = option(60, "DePT/ADePT prompt length m.")
+    rank: Optional[int] = option(None, "DePT/ADePT rank r of the update (default: budget-matched).")
+    max_length: int = option(
+        256, "Longest input s (tokens): longer sources are truncated; DePT's position-wise A covers s positions."
+    )
     lora_rank: int = option(8, "Rank of --method lora's update matrices.")
-    # None: scaled to the backbone's embeddings (dept.rates).
+    # None: scaled to the backbone's embeddings (dept.core.rates).
     lr_prompt: Optional[float] = option(None, "Soft prompt learning rate (default: 6 x the input embeddings' RMS).")
-    lr_lowrank: Optional[float] = option(None, "Learning rate of A and B (default: 7.5e-5 x the embeddings' RMS).")
+    lr_lowrank: Optional[float] = option(
+        None, "Learning rate of the update (DePT A, B; ADePT A, a, B, b) (default: 7.5e-5 x the embeddings' RMS)."
+    )
     lr: float = option(5e-4, "Learning rate for --method lora/full.")
-    # A classifier's task head (dept/pt on ...ForSequenceClassification) is a linear layer: LoRA's kind of rate.
-    lr_head: float = option(1e-3, "Learning rate of a classifier backbone's task head (dept/pt).")
-    init_from: Optional[str] = option(None, "Start from this adapter folder, e.g. RUN/best (transfer; dept/pt).")
-    reset_lowrank_b: bool = option(False, "With --init-from: zero B, keep the prompt and A.")
-    prompt_init: str = option("text", "How the soft prompt starts (dept.config.PROMPT_INITS).", flag=False)
+    # A classifier's task head (prompt methods on ...ForSequenceClassification) is a linear layer: LoRA's kind of rate.
+    lr_head: float = option(1e-3, "Learning rate of a classifier backbone's task head (prompt methods).")
+    init_from: Optional[str] = option(None, "Start from this adapter folder, e.g. RUN/best (transfer; prompt methods).")
+    reset_lowrank_b: bool = option(
+        False, "With --init-from: zero the update's output side (B; ADePT also b), keep the prompt and A."
+    )
+    prompt_init: str = option("text", "How the soft prompt starts (dept.core.config.PROMPT_INITS).", flag=False)
     seed: int = option(42, "Seed of the adapter's initialisation (from the run's --seed).", flag=False)
 
     def validate(self) -> None:
-        from dept.config import PROMPT_INITS
+        from dept.core.config import PROMPT_INITS
 
         check_choice("--method", self.method, METHODS)
         check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
@@ -288,7 +296,7 @@ def flat_options(opts: TrainOptions) -> dict[str, Any]:
 # ----- dept tune ---------------------------------------------------------------------------------------------------
 
 # What `dept tune` searches per method, and the default log-uniform ranges: wide, because good rates
-# scale with the backbone's embedding RMS and with the step budget (dept.rates: the prompt rate that
+# scale with the backbone's embedding RMS and with the step budget (dept.core.rates: the prompt rate that
 # defaults to 0.81 on SmolLM2 is 6.2 on Gemma-3-270m; the official T5 runs use 0.3 for 30k steps).
 SEARCHED_RATES = {name: method.searched_rates for name, method in REGISTRY.items()}
 RATE_RANGES = {"lr_prompt": (1e-3, 10.0), "lr_lowrank": (1e-6, 1e-2), "lr": (1e-6, 1e-2)}

@@ -15,9 +15,9 @@ from typing import Optional
 
 import torch
 
+from dept.core.model import DePTModel
 from dept.data import Encoded, encode, pad_batch, pad_id, target_ids
 from dept.methods.calls import last_logits, prefill
-from dept.model import DePTModel
 from dept.precision import autocast
 from dept.tasks.registry import MAX_REGRESSION_CANDIDATES, REGRESSION_STEP, regression_candidates
 

@@ -15,6 +15,6 @@ Modules, in the order a run uses them:
 - ``memory``    the memory probe process (peak RSS / CUDA peak of one method at a time)
 - ``runner``    one run end to end
 - ``targets``   pass/fail thresholds read from a JSON file that lives with the results
-- ``report``    results.json, results.md, charts (drawn by ``dept.plots``), console summary
+- ``report``    results.json, results.md, charts (drawn by ``dept.runs.plots``), console summary
 - ``cli``       the ``dept bench`` command
 """

@@ -140,8 +140,8 @@ def probe_memory(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     _warm_kernels(backbone, batches[-1], device, precision)
     import peft  # noqa: F401  (imported before the baseline: module memory is not a method's)
 
-    import dept.model  # noqa: F401
-    import dept.optim  # noqa: F401
+    import dept.core.model  # noqa: F401
+    import dept.core.optim  # noqa: F401
 
     meter = MemoryMeter(device)
     release_memory(device)

@@ -1,6 +1,6 @@
 """The compared methods, built as their users build them, and the three steps that are timed.
 
-Ours (PT l=100, DePT m=60, PT l=60) wrap the backbone without modifying it, so they share one
+Ours (PT l=100, DePT m=60, ADePT m=60, PT l=60) wrap the backbone without modifying it, so they share one
 copy; PEFT prompt tuning, LoRA and full fine-tuning modify it (injected layers, trained weights)
 and get their own. LoRA is the project's one LoRA baseline (`dept.methods.lora_config`): rank r on
 every linear layer, the same as `dept train --method lora`. Dropout is off for every method: the
@@ -21,7 +21,8 @@ from dept.bench.options import METHOD_LABELS, BenchOptions
 from dept.bench.workloads import Batch
 from dept.precision import autocast
 
-OURS = ("pt", "pt_m", "dept")
+OURS = ("pt", "pt_m", "dept", "adept")
+UPDATES = {"dept": "position", "adept": "token"}  # ours with a low-rank update, at the budget-matched rank
 MODIFIES_BACKBONE = ("peft_pt", "lora", "full")  # PEFT injects layers / full FT trains weights
 
 
@@ -40,23 +41,33 @@ class BenchMethod:
         return [p for p in self.module.parameters() if p.requires_grad]
 
 
-def dept_rank(opts: BenchOptions, hidden_size: int) -> int:
-    """The budget-matched rank: r = floor((l − m)·d / (s + d))."""
-    from dept.config import DePTConfig
+def dept_rank(opts: BenchOptions, hidden_size: int, update: str = "position") -> int:
+    """The budget-matched rank (DePTConfig.from_budget): DePT r = floor((l − m)·d / (s + d)), ADePT
+    r = floor(((l − m)·d − d) / (2d + 1))."""
+    from dept.core.config import DePTConfig
 
-    return DePTConfig.from_budget(opts.budget_tokens, opts.prompt_length, hidden_size, opts.max_length).rank
-
-
-def method_label(key: str, opts: BenchOptions, rank: int) -> str:
-    return METHOD_LABELS[key].format(l=opts.budget_tokens, m=opts.prompt_length, r=rank, lora_rank=opts.lora_rank)
+    budget = DePTConfig.from_budget(opts.budget_tokens, opts.prompt_length, hidden_size, opts.max_length, update=update)
+    return budget.rank
 
 
-def _ours(backbone: nn.Module, prompt_length: int, rank: int, opts: BenchOptions) -> nn.Module:
-    from dept.config import DePTConfig
-    from dept.model import DePTModel
+def method_label(key: str, opts: BenchOptions, rank: int, token_rank: int = 0) -> str:
+    return METHOD_LABELS[key].format(
+        l=opts.budget_tokens, m=opts.prompt_length, r=rank, token_rank=token_rank, lora_rank=opts.lora_rank
+    )
 
+
+def _ours(backbone: nn.Module, key: str, hidden: int, opts: BenchOptions) -> nn.Module:
+    from dept.core.config import DePTConfig
+    from dept.core.model import DePTModel
+
+    update = UPDATES.get(key, "position")
     config = DePTConfig(
-        prompt_length=prompt_length, rank=rank, max_length=opts.max_length, prompt_init="vocab", seed=opts.seed
+        prompt_length=opts.budget_tokens if key == "pt" else opts.prompt_length,
+        rank=dept_rank(opts, hidden, update) if key in UPDATES else 0,
+        max_length=opts.max_length,
+        prompt_init="vocab",
+        seed=opts.seed,
+        update=update,
     )
     return DePTModel(backbone, config)
 
@@ -83,13 +94,12 @@ def _full(backbone: nn.Module) -> nn.Module:
 def build_method(key: str, backbone: nn.Module, kind: str, opts: BenchOptions, private_copy: bool) -> BenchMethod:
     """Wrap `backbone` for method `key`; with `private_copy`, methods that modify the backbone
     get their own copy of it."""
-    from dept.optim import create_optimizer
+    from dept.core.optim import create_optimizer
 
     hidden = backbone.get_input_embeddings().weight.shape[1]
-    rank = dept_rank(opts, hidden)
+    rank, token_rank = dept_rank(opts, hidden), dept_rank(opts, hidden, "token")
     if key in OURS:
-        length = opts.budget_tokens if key == "pt" else opts.prompt_length
-        module = _ours(backbone, length, rank if key == "dept" else 0, opts)
+        module = _ours(backbone, key, hidden, opts)
     else:
         owned = copy.deepcopy(backbone) if private_copy else backbone
         module = _full(owned) if key == "full" else _peft(owned, kind, key, opts)
@@ -100,7 +110,8 @@ def build_method(key: str, backbone: nn.Module, kind: str, opts: BenchOptions, p
     else:
         optimizer = torch.optim.AdamW(params, lr=0.3 if key == "peft_pt" else 1e-4, eps=1e-6, weight_decay=0.0)
     trainable = sum(p.numel() for p in params)
-    return BenchMethod(key, method_label(key, opts, rank), module, optimizer, trainable, {"rank": rank})
+    extra = {"rank": token_rank if key == "adept" else rank}
+    return BenchMethod(key, method_label(key, opts, rank, token_rank), module, optimizer, trainable, extra)
 
 
 # --------------------------------------------------------------------------- one step of each kind
@@ -129,7 +140,7 @@ def _loss_inputs(method: BenchMethod, batch: Batch) -> dict:
     """A causal DePT model is asked for the logits the loss reads only, as `dept train` does."""
     call = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
     if method.key in OURS and method.module.kind == "causal":
-        from dept.loss import logits_needed
+        from dept.core.loss import logits_needed
 
         call["logits_to_keep"] = logits_needed(batch.labels)
     return call

@@ -15,16 +15,17 @@ from typing import Any, Optional
 
 from dept.precision import PRECISIONS
 
-#: Method key -> human label template (filled with the options' l, m, LoRA rank).
+#: Method key -> human label template (filled with the options' l, m, LoRA rank and the budget-matched ranks).
 METHOD_LABELS: dict[str, str] = {
     "pt": "PT l={l} (ours)",
     "peft_pt": "PT l={l} (PEFT)",
     "dept": "DePT m={m} r={r} (ours)",
+    "adept": "ADePT m={m} r={token_rank} (ours)",
     "pt_m": "PT l={m} (ours)",
     "lora": "LoRA r={lora_rank} all-linear (PEFT)",
     "full": "Full fine-tuning",
 }
-DEFAULT_METHODS: tuple[str, ...] = ("pt", "peft_pt", "dept", "pt_m", "lora")
+DEFAULT_METHODS: tuple[str, ...] = ("pt", "peft_pt", "dept", "adept", "pt_m", "lora")
 #: Every figure is also reported as a ratio to this method, measured in the same run.
 REFERENCE = "pt"
 

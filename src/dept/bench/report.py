@@ -276,7 +276,7 @@ def console_summary(results: dict[str, Any]) -> str:
 
 def write_report(results: dict[str, Any], out_dir: Path, targets: Optional[dict[str, Any]] = None) -> None:
     """Check the targets, then write results.json, results.md, ratios.png and scaling.png in `out_dir`."""
-    from dept.plots import plot_ratios, plot_scaling
+    from dept.runs.plots import plot_ratios, plot_scaling
 
     results["targets"] = evaluate_targets(results["workloads"], targets)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,9 @@ from dept.bench.report import write_report
 from dept.bench.targets import load_targets
 from dept.bench.timing import primary_clock, summarize, time_interleaved, workload_ratios
 from dept.bench.workloads import Batch, build_backbone, build_batches, plan_workloads
-from dept.methods import LORA_TARGET_MODULES
+from dept.methods.baselines import LORA_TARGET_MODULES
 from dept.precision import avoid_broken_attention_kernels, cpu_name, cpu_supports_bf16
-from dept.rundir import code_commit
+from dept.runs.rundir import code_commit
 
 logger = logging.getLogger(__name__)
 

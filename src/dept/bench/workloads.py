@@ -129,7 +129,7 @@ def length_tokenizer() -> Any:
     """The SmolLM2 tokenizer, to give random-weight models real token lengths; None if absent."""
     from transformers import AutoTokenizer
 
-    from dept.offline import converted_backbone_dir
+    from dept.backbones.offline import converted_backbone_dir
 
     try:
         return AutoTokenizer.from_pretrained(converted_backbone_dir("smollm2-135m"))

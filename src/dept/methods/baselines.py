@@ -41,7 +41,7 @@ class LoRA(Method):
         set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
 
     def inspect_saved(self, folder: Path) -> dict[str, Any]:
-        from dept.checkpoint import read_weights
+        from dept.core.checkpoint import read_weights
 
         if not (folder / "adapter_config.json").is_file():
             raise UsageError(

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dept.kinds import cache_name, takes_logits_to_keep
-from dept.loss import causal_loss, keep_positions, logits_needed
-from dept.model import DePTModel
+from dept.core.kinds import cache_name, takes_logits_to_keep
+from dept.core.loss import causal_loss, keep_positions, logits_needed
+from dept.core.model import DePTModel
 
 
 def unwrapped(model):

@@ -11,7 +11,7 @@ from dept.errors import UsageError
 from dept.methods.base import Method
 
 if TYPE_CHECKING:
-    from dept.config import DePTConfig
+    from dept.core.config import DePTConfig
     from dept.options import MethodOptions
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class PromptMethod(Method):
 
     def config(self, opts: MethodOptions, hidden_size: int) -> DePTConfig:
         """PT: l = budget tokens, r = 0. DePT/ADePT: m = prompt_length and the budget-matched rank unless given."""
-        from dept.config import DePTConfig
+        from dept.core.config import DePTConfig
 
         common = dict(max_length=opts.max_length, prompt_init=opts.prompt_init, seed=opts.seed)
         if self.update is None:
@@ -78,14 +78,14 @@ class PromptMethod(Method):
         return config
 
     def with_default_rates(self, opts: MethodOptions, backbone) -> MethodOptions:
-        from dept.rates import with_default_rates
+        from dept.core.rates import with_default_rates
 
         return with_default_rates(opts, backbone)
 
     def build(self, opts: MethodOptions, backbone, tokenizer, kind: str):
         import torch
 
-        from dept.model import DePTModel
+        from dept.core.model import DePTModel
 
         if not opts.init_from:
             hidden = backbone.get_input_embeddings().weight.shape[1]
@@ -116,7 +116,7 @@ class PromptMethod(Method):
             )
 
     def optimizer(self, opts: MethodOptions, model):
-        from dept.optim import create_optimizer
+        from dept.core.optim import create_optimizer
 
         return create_optimizer(model, opts.lr_prompt, opts.lr_lowrank, lr_head=opts.lr_head)
 
@@ -129,19 +129,19 @@ class PromptMethod(Method):
         }
 
     def load_weights(self, model, path: Path) -> None:
-        from dept.checkpoint import fill_adapter, read_adapter
+        from dept.core.checkpoint import fill_adapter, read_adapter
 
         fill_adapter(model.adapters[model.active_adapter], read_adapter(path)[1], path)
 
     def inspect_saved(self, folder: Path) -> dict[str, Any]:
-        from dept.checkpoint import read_adapter
+        from dept.core.checkpoint import read_adapter
 
         config, _, backbone = read_adapter(folder)  # names a missing, truncated, corrupt or NaN file
         return {"max_length": config.max_length, "kind": backbone.get("kind")}
 
     def load_saved(self, folder: Path, backbone: Optional[str], run: dict):
         from dept.backbones import load_backbone
-        from dept.model import DePTModel
+        from dept.core.model import DePTModel
 
         model, tokenizer = load_backbone(backbone)
         return DePTModel.from_pretrained(model, folder, tokenizer=tokenizer), tokenizer

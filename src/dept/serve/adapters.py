@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from dept import checkpoint
+from dept.core import checkpoint
+from dept.core.model import BASE, DePTModel
 from dept.methods import METHODS, get_method
-from dept.model import BASE, DePTModel
 from dept.options import UsageError
-from dept.trained import _adapter_folder, _run_settings
+from dept.runs.trained import _adapter_folder, _run_settings
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 

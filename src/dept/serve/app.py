@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from dept.model import BASE, DePTModel
+from dept.core.model import BASE, DePTModel
 from dept.options import CUSTOM_PREFIXES  # task specs that read a file: never from a request
 from dept.serve.adapters import Adapter, AdapterStore, ServeError
 from dept.serve.batch import GREEDY_BELOW
@@ -99,6 +99,7 @@ def create_app(
     """The app for one backbone. `adapters` are registered now (any path); at runtime only from
     under `adapter_root`. `scheduling` goes to `Scheduler` (policy, max_batch_size, max_wait_ms,
     max_queue, precision)."""
+    model.eval()  # answers never depend on dropout (ADePT's, or the backbone's), however the model came in
     store = AdapterStore(model, model_name, adapter_root, max_loaded)
     for name, path in (adapters or {}).items():
         store.register(name, path)

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from dept.core.kinds import cache_name
+from dept.core.model import DePTModel
 from dept.data import Encoded, pad_batch
-from dept.kinds import cache_name
-from dept.model import DePTModel
 
 
 @dataclass

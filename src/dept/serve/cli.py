@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from dept.cli_options import option_of
+from dept.cli.flags import option_of
 from dept.options import POLICIES, PRECISIONS, TrainOptions, UsageError, check_at_least, check_choice
 
 SHUTDOWN_GRACE_S = 30  # after SIGTERM, requests in flight get this long to finish before they are cut
@@ -65,7 +65,7 @@ def serve_command(
         from dept.serve.adapters import ServeError
         from dept.serve.app import create_app
     from dept.backbones import load_backbone
-    from dept.model import DePTModel
+    from dept.core.model import DePTModel
     from dept.precision import resolve_precision
 
     backbone, tokenizer = load_backbone(model)

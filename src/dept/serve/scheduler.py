@@ -29,8 +29,8 @@ from typing import Optional
 
 import torch
 
+from dept.core.model import BASE, DePTModel
 from dept.data import Encoded, pad_batch, pad_id
-from dept.model import BASE, DePTModel
 from dept.options import POLICIES
 from dept.precision import autocast
 from dept.scoring import classifier_scores, rank_each

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from dept.options import MethodOptions
+# A classifier head is an ordinary linear layer, far from the prompt's scale: LoRA's kind of rate.
+LR_HEAD = 1e-3  # = dept.options.MethodOptions.lr_head
 
 
 def parameter_groups(
@@ -18,7 +19,7 @@ def parameter_groups(
     lr_lowrank: float,
     weight_decay: float = 0.0,
     *,
-    lr_head: float = MethodOptions.lr_head,
+    lr_head: float = LR_HEAD,
 ) -> list[dict]:
     """Prompt vectors learn at `lr_prompt`, A and B at `lr_lowrank`, a classifier's trainable head
     (an ordinary linear layer, far from the prompt's scale) at `lr_head`."""
@@ -44,7 +45,7 @@ def create_optimizer(
     weight_decay: float = 0.0,
     eps: float = 1e-6,
     *,
-    lr_head: float = MethodOptions.lr_head,
+    lr_head: float = LR_HEAD,
 ) -> torch.optim.AdamW:
     groups = parameter_groups(model, lr_prompt, lr_lowrank, weight_decay, lr_head=lr_head)
     return torch.optim.AdamW(groups, eps=eps)

@@ -20,8 +20,6 @@ import dataclasses
 import torch
 from torch import nn
 
-from dept.options import MethodOptions
-
 PROMPT_RATE_PER_RMS = 6.0  # lr_prompt = 6 x RMS(E)
 LOWRANK_RATE_PER_RMS = 7.5e-5  # lr_lowrank = 7.5e-5 x RMS(E)
 
@@ -44,8 +42,9 @@ def default_rates(rms: float) -> dict[str, float]:
     return {"lr_prompt": PROMPT_RATE_PER_RMS * rms, "lr_lowrank": LOWRANK_RATE_PER_RMS * rms}
 
 
-def with_default_rates(opts: MethodOptions, backbone: nn.Module) -> MethodOptions:
-    """`opts` with each rate the user left unset (None) filled in from the backbone's embedding scale."""
+def with_default_rates(opts, backbone: nn.Module):
+    """`opts` (a dataclass with `lr_prompt` and `lr_lowrank`, e.g. dept.options.MethodOptions) with each rate
+    the user left unset (None) filled in from the backbone's embedding scale."""
     missing = [name for name in ("lr_prompt", "lr_lowrank") if getattr(opts, name) is None]
     if not missing:
         return opts

@@ -31,17 +31,17 @@ from typing import Any, Optional
 import torch
 from safetensors import SafetensorError
 
-from dept import rundir
+from dept.runs import rundir
 from dept._extras import requires
 from dept.backbones import load_backbone
 from dept.data import count_truncated, encode, pad_batch, pad_id
-from dept.kinds import model_kind
+from dept.core.kinds import model_kind
 from dept.methods import get_method, num_trainable
 from dept.methods.calls import label_count, lm_loss
-from dept.optim import create_scheduler
+from dept.core.optim import create_scheduler
 from dept.options import MethodOptions, TrainOptions, UsageError
 from dept.precision import autocast, avoid_broken_attention_kernels, resolve_precision
-from dept.rates import embedding_rms
+from dept.core.rates import embedding_rms
 from dept.scoring import evaluate
 
 with requires("train"):
@@ -514,7 +514,7 @@ class Run:
                     results["zero_shot_test"] = zero_shot["test"]
             text = json.dumps(results, indent=2)
             rundir.atomic_file(self.out / "results.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-            from dept.plots import training_curve
+            from dept.runs.plots import training_curve
 
             training_curve(self.out / "metrics.jsonl", self.out / "training_curve.png", self.task.main_metric)
         self.accelerator.wait_for_everyone()

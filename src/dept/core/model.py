@@ -21,11 +21,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from dept import checkpoint
-from dept.config import DePTConfig
-from dept.kinds import Kind, model_kind, pools_last_token, takes_logits_to_keep
-from dept.loss import causal_loss, keep_positions, logits_needed
-from dept.prompt import AdapterGroup, DePTAdapter, PromptedInputs, initial_prompt, prepend_prompts
+from dept.core import checkpoint
+from dept.core.config import DePTConfig
+from dept.core.kinds import Kind, model_kind, pools_last_token, takes_logits_to_keep
+from dept.core.loss import causal_loss, keep_positions, logits_needed
+from dept.core.prompt import AdapterGroup, DePTAdapter, PromptedInputs, initial_prompt, prepend_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,9 @@ class DePTModel(nn.Module):
                 config = dataclasses.replace(config, prompt_init="vocab")
             prompt_init = initial_prompt(config, self.base_model.get_input_embeddings(), self.vocab_size, tokenizer)
         head = {key: copy.deepcopy(template) for key, template in self._head_templates.items()}
-        adapter = DePTAdapter(config, self.hidden_size, prompt_init, head=head)
+        # The model's mode, not nn.Module's default: an adapter added to a model in eval mode (a server
+        # loading one) must not run ADePT's dropout.
+        adapter = DePTAdapter(config, self.hidden_size, prompt_init, head=head).train(self.training)
         weight = self.base_model.get_input_embeddings().weight
         self.adapters[name] = adapter.to(weight.device)
         if len(self.adapters) == 1 or name == self.active_adapter:
@@ -250,7 +252,7 @@ class DePTModel(nn.Module):
             if logits.shape[1] < logits_needed(labels):
                 raise ValueError(
                     f"logits_to_keep={logits_to_keep} leaves out slots the loss needs; use at least "
-                    f"{logits_needed(labels)} (dept.loss.logits_needed(labels)) or 0 for all."
+                    f"{logits_needed(labels)} (dept.core.loss.logits_needed(labels)) or 0 for all."
                 )
             out["loss"] = causal_loss(logits, labels[:, total - logits.shape[1] :])
         return out

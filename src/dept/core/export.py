@@ -9,11 +9,12 @@ tensor is checked here before it leaves.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 
-from dept.model import BASE, DePTModel
+from dept.core.model import BASE, DePTModel
 
 
 def export_prompt_embeds(
@@ -24,8 +25,9 @@ def export_prompt_embeds(
     included). Tensors are detached, on the CPU, in the backbone's embedding dtype; feeding one
     (unsqueezed) to the backbone as `inputs_embeds` gives DePTModel's output for that text.
 
-    A text longer than the adapter's max_length s raises instead of being cut, so what is served
-    is never silently another input."""
+    A text longer than a DePT adapter's max_length s (the positions its update covers) raises instead
+    of being cut, so what is served is never silently another input; PT and ADePT take any length.
+    ADePT's offsets depend on each token's embedding, so they are computed here, as in the model."""
     if dm.kind != "causal":
         raise ValueError(
             f"export_prompt_embeds needs a decoder-only (causal) backbone; this one is {dm.kind}. vLLM takes "
@@ -38,7 +40,7 @@ def export_prompt_embeds(
         raise ValueError(f"{BASE!r} is the plain backbone, with nothing to export; send vLLM the text itself.")
     dm._check_names([adapter_name])
     config = dm.adapters[adapter_name].config
-    max_length = config.max_length
+    max_length = dm.adapters[adapter_name].max_positions
     embedding = dm.base_model.get_input_embeddings().weight
     out = []
     for i, text in enumerate(texts):
@@ -47,17 +49,28 @@ def export_prompt_embeds(
         ids = tokenizer(text)["input_ids"]  # = dept.data.encode(tokenizer, text, None, "causal", s) when it fits
         if not ids:
             raise ValueError(f"texts[{i}] tokenizes to no tokens; give a non-empty text.")
-        if len(ids) > max_length:
+        if max_length is not None and len(ids) > max_length:
             raise ValueError(
                 f"texts[{i}] is {len(ids)} tokens long, more than the max_length of {max_length} tokens of adapter "
                 f"{adapter_name!r}; shorten it (dept.data.encode, as training does, would keep its first {max_length})."
             )
         input_ids = torch.tensor([ids], device=embedding.device)
-        with torch.no_grad():
+        with torch.no_grad(), _inference(dm.adapters[adapter_name]):
             p = dm.prompted_inputs(input_ids, torch.ones_like(input_ids), adapter_names=[adapter_name])
         rows = (config.prompt_length + len(ids), dm.hidden_size)
         out.append(_checked(p.inputs_embeds[0].detach().to("cpu", copy=True), i, rows, embedding.dtype))
     return out
+
+
+@contextlib.contextmanager
+def _inference(adapter: torch.nn.Module) -> Iterator[None]:
+    """Served embeddings are the eval-mode ones (no ADePT dropout), even from a model left in training mode."""
+    training = adapter.training
+    adapter.eval()
+    try:
+        yield
+    finally:
+        adapter.train(training)
 
 
 def _checked(t: torch.Tensor, i: int, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:

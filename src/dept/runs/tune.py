@@ -24,10 +24,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dept import rundir
+from dept.runs import rundir
 from dept._extras import requires
 from dept.options import TrainOptions, TuneOptions, UsageError, flat_options
-from dept.train import train
+from dept.runs.train import train
 
 with requires("train"):
     import optuna
@@ -211,7 +211,7 @@ def _describe(row: dict[str, Any], metric: str) -> str:
 
 def _write_outputs(study, trial, out, run, opts, space, metric) -> dict[str, Any]:
     """trials.json, trials.png and best.json, each swapped in whole; one log line for the trial just done."""
-    from dept.plots import tuning_trials
+    from dept.runs.plots import tuning_trials
 
     rows = [_row(t) for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
     complete = [r for r in rows if r["state"] == "complete"]

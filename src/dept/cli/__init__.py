@@ -15,8 +15,8 @@ from typing import Optional
 import typer
 
 from dept.bench.cli import bench_command
-from dept.cli_options import VERBOSE, flag_values, setup_logging, with_flags
-from dept.cli_trained import eval_command, export_embeds, predict
+from dept.cli.adapter_commands import eval_command, export_embeds, predict
+from dept.cli.flags import VERBOSE, flag_values, setup_logging, with_flags
 from dept.options import (
     OPTION_NAMES,
     RATE_RANGES,
@@ -71,7 +71,7 @@ def train(
     get_task(opts.task, **opts.task_options)
     if main_job:
         typer.echo(f"Main job: DePT on {opts.model}, {opts.task}, {opts.max_steps} steps -> {opts.out}")
-    from dept.train import train as run_train
+    from dept.runs.train import train as run_train
 
     results = run_train(opts)
     if results:
@@ -134,8 +134,8 @@ def _range_help(name: str, methods: str) -> str:
 def tune(
     ctx: typer.Context,
     task: str = typer.Option(..., help="The task whose validation split scores the trials."),
-    lr_prompt_range: Optional[tuple[float, float]] = typer.Option(None, help=_range_help("lr_prompt", "dept/pt")),
-    lr_lowrank_range: Optional[tuple[float, float]] = typer.Option(None, help=_range_help("lr_lowrank", "dept")),
+    lr_prompt_range: Optional[tuple[float, float]] = typer.Option(None, help=_range_help("lr_prompt", "dept/pt/adept")),
+    lr_lowrank_range: Optional[tuple[float, float]] = typer.Option(None, help=_range_help("lr_lowrank", "dept/adept")),
     lr_range: Optional[tuple[float, float]] = typer.Option(None, help=_range_help("lr", "lora/full")),
     prompt_length_range: Optional[tuple[int, int]] = typer.Option(
         None, help="With --search-shape: LOW HIGH of m (default 10%..90% of --budget)."
@@ -148,7 +148,7 @@ def tune(
     for `dept train --config`; trials.json and trials.png show every trial. The test split is never scored.
     """
     setup_logging(flags["verbose"])
-    logging.getLogger("dept.tune").setLevel(logging.INFO)  # one line per trial, also without --verbose
+    logging.getLogger("dept.runs.tune").setLevel(logging.INFO)  # one line per trial, also without --verbose
     run = _run_options(ctx, {}, skip=("output_dir",))
     ranges = dict(
         lr_prompt=lr_prompt_range, lr_lowrank=lr_lowrank_range, lr=lr_range, prompt_length=prompt_length_range
@@ -163,9 +163,9 @@ def tune(
 
     with requires("train"):
         import optuna
-    from dept.tune import tune as run_tune
+    from dept.runs.tune import tune as run_tune
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # dept.tune logs its own line per trial
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # dept.runs.tune logs its own line per trial
     summary = run_tune(run, opts)
     best, out = summary["best"], opts.out(run)
     if best is None:
@@ -179,7 +179,7 @@ def tune(
     )
 
 
-# The commands that use a trained adapter (dept.cli_trained).
+# The commands that use a trained adapter (dept.cli.adapter_commands).
 app.command("eval")(eval_command)
 app.command()(predict)
 app.command("export-embeds")(export_embeds)
@@ -192,7 +192,7 @@ def convert(
     verbose: bool = VERBOSE,
 ):
     """Convert an official DePT checkpoint (pickled .bin) to dept's safetensors format."""
-    from dept.checkpoint import convert_official
+    from dept.core.checkpoint import convert_official
 
     setup_logging(verbose)
     if dst.exists() and not dst.is_dir():

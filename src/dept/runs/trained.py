@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from dept import rundir
+from dept.runs import rundir
 from dept.methods import get_method
 from dept.options import UsageError
 
@@ -74,7 +74,7 @@ class Trained:
 
 def model_kind_of(model) -> str:
     """The kind of a DePTModel, a PEFT model or a plain transformers model."""
-    from dept.kinds import model_kind
+    from dept.core.kinds import model_kind
 
     return getattr(model, "kind", None) or model_kind(
         model.get_base_model() if hasattr(model, "get_base_model") else model

