@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-import dept.train
+import dept.runs.train
 from dept.methods import PromptMethod
 from dept.options import MethodOptions, TrainOptions
 from dept.precision import resolve_precision
@@ -50,7 +50,7 @@ def main() -> None:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            r = dept.train.train(opts)
+            r = dept.runs.train.train(opts)
             metric = r["main_metric"]
             rows.append({"storage": name, "seed": seed, "validation": r["validation"][metric],
                          "test": r["test"][metric], "seconds_per_step": r["train_seconds"] / r["steps"],

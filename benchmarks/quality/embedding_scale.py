@@ -21,7 +21,7 @@ HERE = Path(__file__).parent
 
 def embedding_rms(name: str) -> dict:
     from dept import load_backbone
-    from dept.rates import embedding_rms as rms
+    from dept.core.rates import embedding_rms as rms
 
     model, _ = load_backbone(name)
     vocab, hidden = model.get_input_embeddings().weight.shape
@@ -29,7 +29,7 @@ def embedding_rms(name: str) -> dict:
 
 
 def official_prompt_rms(folder: Path) -> list[dict]:
-    from dept.checkpoint import read_adapter
+    from dept.core.checkpoint import read_adapter
 
     rows = []
     for task in sorted(p for p in folder.iterdir() if (p / "adapter_config.json").is_file()):

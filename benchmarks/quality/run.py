@@ -37,7 +37,13 @@ METHODS = {
     "adept": ["--method", "adept", "--budget", "100", "--prompt-length", "60"],
     "lora": ["--method", "lora", "--lora-rank", "8"],
 }
-LABELS = {"zero-shot": "zero-shot", "pt": "PT (l=100)", "dept": "DePT (m=60)", "adept": "ADePT (m=60)", "lora": "LoRA (r=8)"}
+LABELS = {
+    "zero-shot": "zero-shot",
+    "pt": "PT (l=100)",
+    "dept": "DePT (m=60)",
+    "adept": "ADePT (m=60)",
+    "lora": "LoRA (r=8)",
+}
 CURVE_TASK = "glue/sst2"
 SPLIT_SEED = 42  # the paper's: every seed and method is scored on the same validation and test examples
 LATER: list = []  # futures of the running pool, the learning curves included

@@ -298,7 +298,7 @@ def flat_options(opts: TrainOptions) -> dict[str, Any]:
 # What `dept tune` searches per method, and the default log-uniform ranges: wide, because good rates
 # scale with the backbone's embedding RMS and with the step budget (dept.core.rates: the prompt rate that
 # defaults to 0.81 on SmolLM2 is 6.2 on Gemma-3-270m; the official T5 runs use 0.3 for 30k steps).
-SEARCHED_RATES = {name: method.searched_rates for name, method in REGISTRY.items()}
+SEARCHED_RATES = {name: m.searched_rates for name, m in REGISTRY.items()}
 RATE_RANGES = {"lr_prompt": (1e-3, 10.0), "lr_lowrank": (1e-6, 1e-2), "lr": (1e-6, 1e-2)}
 
 
