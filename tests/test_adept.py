@@ -231,3 +231,25 @@ def test_dept_train_method_adept_trains_and_records_its_rates(arch, tmp_path, ca
     final = load_file(out / "checkpoint" / "model" / "adapter_model.safetensors")
     for key in ("lora_embedding_B", "lora_embedding_a", "lora_embedding_b"):
         assert final[key].abs().sum() > 0, key  # all start at zero
+
+
+def test_options_know_adept_without_torch_specific_rules():
+    """The registry's checks: ADePT has no s x r table, so --rank may exceed --max-length; it searches both
+    rates and its prompt length, as DePT."""
+    from dept.options import METHODS, SEARCHED_RATES, MethodOptions, TrainOptions, TuneOptions, UsageError
+
+    assert "adept" in METHODS and SEARCHED_RATES["adept"] == ("lr_prompt", "lr_lowrank")
+    MethodOptions(method="adept", rank=40, max_length=32).validate()
+    with pytest.raises(UsageError, match="A \\(s x r\\)"):
+        MethodOptions(method="dept", rank=40, max_length=32).validate()
+    with pytest.raises(UsageError, match="exceeds the --budget"):
+        MethodOptions(method="adept", prompt_length=120).validate()
+    TuneOptions(search_shape=True).validate(TrainOptions(method=MethodOptions(method="adept")))
+    with pytest.raises(UsageError, match="--method dept/adept"):
+        TuneOptions(search_shape=True).validate(TrainOptions(method=MethodOptions(method="pt")))
+
+
+def test_unknown_update_is_refused():
+    with pytest.raises(ValueError, match="update must be one of"):
+        DePTConfig(update="row")
+    assert DePTConfig.from_dict({"prompt_length": 3, "rank": 1}).update == "position"  # saves from before ADePT

@@ -79,13 +79,12 @@ def rule_rates(args: argparse.Namespace) -> list[str]:
     --rule-reference / --steps."""
     from dept.backbones import load_backbone
     from dept.core.rates import with_default_rates
+    from dept.methods import METHODS
     from dept.options import MethodOptions
     from dept.precision import resolve_precision
-    from dept.runs.train import backbone_dtype
 
-    method = MethodOptions()
-    backbone, _ = load_backbone(args.model, dtype=backbone_dtype(resolve_precision("auto"), method))
-    defaults = with_default_rates(method, backbone)
+    backbone, _ = load_backbone(args.model, dtype=METHODS["dept"].backbone_dtype(resolve_precision("auto")))
+    defaults = with_default_rates(MethodOptions(), backbone)
     factor = args.rule_reference / args.steps
     return ["--lr-prompt", repr(defaults.lr_prompt * factor), "--lr-lowrank", repr(defaults.lr_lowrank * factor)]
 

@@ -1,0 +1,50 @@
+"""The quality suite's script, rehearsed end to end on a tiny model and a local task: the one command
+that will run on a lent GPU (`--profile gpu`) or for hours on the CPU must not fail on a typo."""
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks" / "quality"))
+
+import suite  # noqa: E402
+
+from tiny import make_tiny_llama, make_tiny_tokenizer  # noqa: E402
+
+
+def test_suite_runs_every_cell_reports_pairs_and_skips_finished_cells(tmp_path, capsys):
+    tok = make_tiny_tokenizer(tmp_path / "model")
+    make_tiny_llama(tmp_path / "model", tokenizer=tok, max_position_embeddings=512)  # PT l=100 + 256
+    rows = ["text,label"] + [
+        f"the movie was {'great' if i % 2 else 'bad'} {i},{'pos' if i % 2 else 'neg'}" for i in range(40)
+    ]
+    (tmp_path / "task.csv").write_text("\n".join(rows) + "\n")
+    argv = ["--model", str(tmp_path / "model"), "--tasks", f"csv:{tmp_path / 'task.csv'}", "--steps", "2",
+            "--batch-size", "4", "--eval-samples", "4", "--seeds", "2", "--out", str(tmp_path / "out"),
+            "--profile", "gpu", "--jobs", "2"]  # fmt: skip
+    suite.main(argv)
+    report = json.loads((tmp_path / "out" / "suite.json").read_text())
+    cells = sorted((r["method"], r["seed"]) for r in report["rows"])
+    assert cells == [("adept", 0), ("adept", 1), ("dept", 0), ("dept", 1), ("lora", 0), ("pt", 0), ("pt", 1),
+                     ("zero-shot", None)]  # fmt: skip
+    for r in report["rows"]:
+        assert r["split_seed"] == 42 and r["steps"] == (2 if r["method"] != "zero-shot" else r["steps"])
+        assert r["commit"] and {
+            "validation",
+            "test",
+            "train_seconds",
+            "peak_mb",
+            "lr_prompt",
+            "lr_lowrank",
+            "lr",
+        } <= set(r)
+    adept = next(r for r in report["rows"] if r["method"] == "adept")
+    assert adept["lr_prompt"] > 0 and adept["lr_lowrank"] > 0  # the defaults, recorded
+    text = (tmp_path / "out" / "suite.md").read_text()
+    assert "ADePT m=60 − DePT m=60" in text and "mean over tasks" in text and (tmp_path / "out" / "suite.png").is_file()
+    stamp = (tmp_path / "out" / "cells").stat().st_mtime_ns
+    logs = sorted((tmp_path / "out" / "cells").rglob("log.txt"))
+    sizes = [p.stat().st_size for p in logs]
+    suite.main(argv)  # a rerun trains nothing
+    assert [p.stat().st_size for p in logs] == sizes and (tmp_path / "out" / "cells").stat().st_mtime_ns == stamp
