@@ -48,3 +48,5 @@ def test_suite_runs_every_cell_reports_pairs_and_skips_finished_cells(tmp_path, 
     sizes = [p.stat().st_size for p in logs]
     suite.main(argv)  # a rerun trains nothing
     assert [p.stat().st_size for p in logs] == sizes and (tmp_path / "out" / "cells").stat().st_mtime_ns == stamp
+    for run in (tmp_path / "out" / "cells").rglob("run.json"):  # committed: paths relative, none of this machine's
+        assert not Path(json.loads(run.read_text())["output_dir"]).is_absolute()

@@ -44,9 +44,9 @@ ARMS = {
 }
 
 
-def common(args: argparse.Namespace, eval_every: int) -> list[str]:
+def common(args: argparse.Namespace, eval_every: int) -> list[str | Path]:
     return [
-        "--task", args.task, "--model", args.model, "--data-dir", str(args.data_dir),
+        "--task", args.task, "--model", args.model, "--data-dir", args.data_dir,
         "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--eval-every", str(eval_every),
         "--eval-samples", str(args.eval_samples), "--max-length", "256",
         "--split-seed", str(SPLIT_SEED),  # one split for every seed and method
@@ -61,7 +61,7 @@ def tuned_rates(args: argparse.Namespace) -> list[str]:
         # Four validations per trial, so the median pruner has something to compare.
         step(tune, lambda folder: (read(folder / "trials.json") or {}).get("finished", 0) >= args.trials,
              dept("tune", *common(args, max(1, args.steps // 4)), *DEPT, "--trials", str(args.trials), "--seed", "0",
-                  "--output-dir", str(tune)))  # fmt: skip
+                  "--output-dir", tune))  # fmt: skip
         best = tune / "best.json"
     if not best.is_file():
         sys.exit(f"{best}: no such file; pass a dept tune best.json to --tuned, or leave it out to search here.")
@@ -102,7 +102,7 @@ def run_all(args: argparse.Namespace) -> None:
             extra = extras.get(arm, [])
             step(folder, finished,
                  dept("train", "--resume", *common(args, args.steps), *flags, *extra, "--seed", str(seed),
-                      "--output-dir", str(folder)))  # fmt: skip
+                      "--output-dir", folder))  # fmt: skip
 
 
 def collect(args: argparse.Namespace) -> list[dict]:

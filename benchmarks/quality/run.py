@@ -49,8 +49,9 @@ SPLIT_SEED = 42  # the paper's: every seed and method is scored on the same vali
 LATER: list = []  # futures of the running pool, the learning curves included
 
 
-def dept(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dept.cli", *args]
+def dept(*args: str | Path) -> list[str]:
+    """A `dept` command line; paths go relative to the working directory, so no committed run.json names this machine."""
+    return [sys.executable, "-m", "dept.cli", *(os.path.relpath(a) if isinstance(a, Path) else a for a in args)]
 
 
 def step(folder: Path, done, cmd: list[str]) -> None:
@@ -77,9 +78,9 @@ def searched(folder: Path) -> bool:
     return trials is not None and trials["finished"] >= ARGS.trials
 
 
-def common(task: str, steps: int) -> list[str]:
+def common(task: str, steps: int) -> list[str | Path]:
     return [
-        "--task", task, "--model", ARGS.model, "--data-dir", str(ARGS.data_dir),
+        "--task", task, "--model", ARGS.model, "--data-dir", ARGS.data_dir,
         "--max-steps", str(steps), "--batch-size", str(ARGS.batch_size),
         "--eval-every", str(max(1, steps // 4)), "--max-length", "256",
         "--split-seed", str(SPLIT_SEED),  # one split for every seed and method
@@ -93,7 +94,7 @@ def tuned_chain(task: str, method: str, steps: int, seeds: int, folder: Path, *,
         tune,
         searched,
         dept("tune", *common(task, steps), *METHODS[method], "--trials", str(ARGS.trials), "--seed", "0",
-             "--output-dir", str(tune)),
+             "--output-dir", tune),
     )  # fmt: skip
     if not (tune / "best.json").is_file():
         return
@@ -105,7 +106,7 @@ def tuned_chain(task: str, method: str, steps: int, seeds: int, folder: Path, *,
             folder / f"seed-{seed}",
             finished,
             dept("train", "--resume", "--config", str(tune / "best.json"), "--seed", str(seed), "--eval-every",
-                 str(max(1, steps // ARGS.curve_points)), "--output-dir", str(folder / f"seed-{seed}"), *extra),
+                 str(max(1, steps // ARGS.curve_points)), "--output-dir", folder / f"seed-{seed}", *extra),
         )  # fmt: skip
 
 
@@ -117,7 +118,7 @@ def curve_chain(method: str, best: Path):
         folder,
         finished,
         dept("train", "--resume", "--config", str(best), "--max-steps", str(steps), "--eval-every",
-             str(steps // (ARGS.curve_points * ARGS.curve_factor // 2)), "--seed", "0", "--output-dir", str(folder)),
+             str(steps // (ARGS.curve_points * ARGS.curve_factor // 2)), "--seed", "0", "--output-dir", folder),
     )  # fmt: skip
 
 

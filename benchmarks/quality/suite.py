@@ -69,8 +69,8 @@ def train_cell(args: argparse.Namespace, task: str, method: str, seed: int) -> N
     flags = [
         "--task", task, "--model", args.model, "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
         "--eval-every", str(args.steps), "--eval-samples", str(args.eval_samples), "--max-length", "256",
-        "--split-seed", str(SPLIT_SEED), "--seed", str(seed), "--output-dir", str(out), "--resume",
-        *(["--data-dir", str(args.data_dir)] if args.data_dir else []),
+        "--split-seed", str(SPLIT_SEED), "--seed", str(seed), "--output-dir", out, "--resume",
+        *(["--data-dir", args.data_dir] if args.data_dir else []),
         *(["--zero-shot"] if method == "pt" and seed == 0 else []), *ARMS[method][1],
     ]  # fmt: skip
     step(out, finished, dept("train", *flags))
