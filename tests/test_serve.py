@@ -605,9 +605,9 @@ def test_a_job_that_breaks_in_the_model_thread_fails_alone_and_shutdown_still_fi
     request never answered, the rows in flight got 500, and SIGTERM no longer stopped the server."""
     if served.kind != "causal":
         pytest.skip("encoder-decoders sample through generate(), with no generator per row")
-    import dept.serve.scheduler as scheduler
+    from dept.serve.jobs import Completion
 
-    original = scheduler._generator
+    original = Completion.generator
 
     def generator(job):
         if job.sampling.seed == 99:
@@ -624,7 +624,7 @@ def test_a_job_that_breaks_in_the_model_thread_fails_alone_and_shutdown_still_fi
         {"model": n, "prompt": p, "max_tokens": 8, "temperature": 0} for n, p in zip("abab", PROMPTS[1:5])
     ]
     with pytest.MonkeyPatch.context() as mp, running(served.app(max_wait_ms=20)) as url:  # asserts the shutdown
-        mp.setattr(scheduler, "_generator", generator)
+        mp.setattr(Completion, "generator", generator)
         mp.setattr(DecodeBatch, "step", step)
         responses = concurrently([lambda b=b: _post(url, "/v1/completions", b) for b in bodies])
     _error(responses[0], 500, "Overflow")
@@ -720,7 +720,7 @@ def test_max_batch_size_holds_on_every_decoding_step(served):
 
 
 def test_requests_larger_than_the_queue_are_400_and_a_full_queue_is_429(served):
-    from dept.serve.scheduler import Completion
+    from dept.serve.jobs import Completion
 
     app = served.app(max_queue=2)
     with TestClient(app) as client:

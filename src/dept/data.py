@@ -98,3 +98,20 @@ def count_truncated(tokenizer, examples, kind: str, max_length: int, encoded=Non
 def count_long(tokenizer, sources: Sequence[str], limit: int) -> int:
     """How many sources have more than `limit` tokens (encode() cuts them to fit)."""
     return sum(len(ids) > limit for ids in tokenizer(list(sources))["input_ids"]) if sources else 0
+
+
+def batch_rows(step: int, micro: int, opts, n: int, rank: int, world: int) -> list[int]:
+    """Training rows for one micro-batch of one process: a deterministic walk through per-epoch
+    permutations, so the global batch is the same whatever the number of processes, and a resumed run
+    replays the batches an uninterrupted one would have seen. `opts`: batch_size, grad_accum, seed."""
+    global_batch = opts.batch_size * opts.grad_accum
+    start = step * global_batch + micro * opts.batch_size
+    positions = range(start, start + opts.batch_size)
+    rows = []
+    cache: dict[int, torch.Tensor] = {}
+    for pos in positions:
+        epoch = pos // n
+        if epoch not in cache:
+            cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed * 1_000_003 + epoch))
+        rows.append(int(cache[epoch][pos % n]))
+    return rows[rank::world]

@@ -9,11 +9,10 @@ kind (causal LM, encoder-decoder, encoder classifier) is read from its config an
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +22,7 @@ from transformers import PreTrainedModel
 
 from dept.core import checkpoint
 from dept.core.config import DePTConfig
+from dept.core.heads import Heads
 from dept.core.kinds import Kind, model_kind, pools_last_token, takes_logits_to_keep
 from dept.core.loss import causal_loss, keep_positions, logits_needed
 from dept.core.prompt import AdapterGroup, DePTAdapter, PromptedInputs, initial_prompt, prepend_prompts
@@ -63,16 +63,7 @@ class DePTModel(nn.Module):
         self.tokenizer = tokenizer
         for param in model.parameters():
             param.requires_grad_(False)
-        self._head_templates: dict[str, nn.Module] = {}
-        self._head_groups: Optional[list[AdapterGroup]] = None
-        if self.kind == "classification":
-            body = {id(p) for p in model.base_model.parameters()}
-            for name, module in model.named_children():
-                if any(id(p) not in body for p in module.parameters()):
-                    # Copied before the hook exists, in fp32 whatever the backbone's dtype: a head trains,
-                    # and its small updates vanish in bf16 weights.
-                    self._head_templates[name] = copy.deepcopy(module).float()
-                    module.register_forward_hook(self._route_head(name))
+        self._heads = Heads(model) if self.kind == "classification" else None
         self.adapters = nn.ModuleDict()
         self.active_adapter = adapter_name
         self._supports_logits_to_keep = takes_logits_to_keep(model)
@@ -111,7 +102,7 @@ class DePTModel(nn.Module):
                 )
                 config = dataclasses.replace(config, prompt_init="vocab")
             prompt_init = initial_prompt(config, self.base_model.get_input_embeddings(), self.vocab_size, tokenizer)
-        head = {key: copy.deepcopy(template) for key, template in self._head_templates.items()}
+        head = self._heads.copies() if self._heads is not None else {}
         # The model's mode, not nn.Module's default: an adapter added to a model in eval mode (a server
         # loading one) must not run ADePT's dropout.
         adapter = DePTAdapter(config, self.hidden_size, prompt_init, head=head).train(self.training)
@@ -239,7 +230,7 @@ class DePTModel(nn.Module):
         if self.padding_side == "left":
             call["position_ids"] = p.position_ids
         if self.kind != "causal":
-            with self._heads(groups):
+            with self._heads.routing(groups) if self._heads is not None else contextlib.nullcontext():
                 return self.base_model(**call, labels=labels)
         total = p.inputs_embeds.shape[1]
         if self._supports_logits_to_keep:
@@ -269,33 +260,6 @@ class DePTModel(nn.Module):
                     "[P ; input] layout. Use DePTModel.generate() to decode, or run forward on the whole "
                     "sequence with source_mask marking the input tokens."
                 )
-
-    @contextlib.contextmanager
-    def _heads(self, groups: list[AdapterGroup]) -> Iterator[None]:
-        self._head_groups = groups
-        try:
-            yield
-        finally:
-            self._head_groups = None
-
-    def _route_head(self, name: str):
-        """Forward hook on a classifier's head module: each row gets its adapter's copy of it."""
-
-        def hook(module, args, output):
-            if not self._head_groups:
-                return output  # a call on the plain backbone
-            routed = output
-            for adapter, rows in self._head_groups:
-                if adapter is None:
-                    continue
-                head = adapter.head[name]
-                features = args[0] if rows is None else args[0][rows]
-                # The head's own (fp32) dtype in, the backbone's out.
-                result = head(features.to(next(head.parameters()).dtype)).to(output.dtype)
-                routed = result if rows is None else routed.index_put((rows,), result)
-            return routed
-
-        return hook
 
     def prefill(
         self,

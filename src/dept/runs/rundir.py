@@ -215,3 +215,11 @@ def clear_output(out: Path) -> None:
 
 def jsonable(obj) -> Any:
     return asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj
+
+
+def tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
+    return SummaryWriter(out / "tensorboard")

@@ -17,31 +17,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
-import math
-import pickle
 import resource
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors import SafetensorError
 
-from dept.runs import rundir
 from dept._extras import requires
 from dept.backbones import load_backbone
-from dept.data import count_truncated, encode, pad_batch, pad_id
 from dept.core.kinds import model_kind
+from dept.core.optim import create_scheduler
+from dept.core.rates import embedding_rms
+from dept.data import batch_rows, count_truncated, encode, pad_batch, pad_id
 from dept.methods import get_method, num_trainable
 from dept.methods.calls import label_count, lm_loss
-from dept.core.optim import create_scheduler
 from dept.options import MethodOptions, TrainOptions, UsageError
 from dept.precision import autocast, avoid_broken_attention_kernels, resolve_precision
-from dept.core.rates import embedding_rms
+from dept.runs import rundir
+from dept.runs.checkpoints import Checkpoints, rms
 from dept.scoring import evaluate
 
 with requires("train"):
@@ -53,31 +49,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MethodOptions", "TrainOptions", "Run", "train"]
 
-# A trainable parameter whose RMS grows past this many times its starting scale (the larger of the
-# backbone's embedding RMS and the parameters' own RMS at the start) has diverged: no run needs it.
-DIVERGENCE_FACTOR = 1e4
-
-
-def batch_rows(step: int, micro: int, opts: TrainOptions, n: int, rank: int, world: int) -> list[int]:
-    """Training rows for one micro-batch of one process: a deterministic walk through per-epoch
-    permutations, so the global batch is the same whatever the number of processes."""
-    global_batch = opts.batch_size * opts.grad_accum
-    start = step * global_batch + micro * opts.batch_size
-    positions = range(start, start + opts.batch_size)
-    rows = []
-    cache: dict[int, torch.Tensor] = {}
-    for pos in positions:
-        epoch = pos // n
-        if epoch not in cache:
-            cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed * 1_000_003 + epoch))
-        rows.append(int(cache[epoch][pos % n]))
-    return rows[rank::world]
-
-
-def rms(param: torch.Tensor) -> float:
-    """Root mean square of a tensor (inf when its squares overflow, NaN when it holds a NaN)."""
-    return float(torch.linalg.vector_norm(param.detach().float())) / math.sqrt(param.numel()) if param.numel() else 0.0
-
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
@@ -85,7 +56,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-class Run:
+class Run(Checkpoints):
     """State of one training run; `fit()` is the whole job.
 
     `on_eval(step, score)` is called after each validation with the task's main metric, so a caller
@@ -248,100 +219,6 @@ class Run:
                     if isinstance(value, (int, float)) and key != "step":
                         self.writer.add_scalar(key, value, record["step"])
 
-    def _advice(self) -> str:
-        fix = "lower the learning rates (--lr-prompt/--lr-lowrank/--lr) or use --precision fp32"
-        if self.saved_step is None:
-            return f"No checkpoint was saved yet: {fix} and rerun with --overwrite."
-        return (
-            f"The last checkpoint before it diverged is {self.out / rundir.CHECKPOINT} (step {self.saved_step}): "
-            f"{fix} and rerun with --resume."
-        )
-
-    def _check_finite(self) -> None:
-        """Never save a diverged model (NaN, inf, or exploded far past its starting scale): such a
-        checkpoint would become best/ and break every --resume."""
-        limit = DIVERGENCE_FACTOR * self.scale
-        for name, param in self.unwrapped.named_parameters():
-            size = rms(param) if param.requires_grad else 0.0
-            if size <= limit:
-                continue
-            what = (
-                "is not finite"
-                if not torch.isfinite(param).all()
-                else f"has exploded (RMS {size:.3g}, over {DIVERGENCE_FACTOR:g} x the starting scale {self.scale:.3g})"
-            )
-            raise FloatingPointError(
-                f"Parameter {name} {what} after step {self.state['step']} of {self.opts.task}; it was not saved. "
-                f"{self._advice()}"
-            )
-
-    def _save_checkpoint(self) -> None:
-        """The resumable checkpoint (state["pending_eval"]: saved before this step's evaluation, which a
-        resume then redoes)."""
-        self._check_finite()
-        self.saved_step = self.state["step"]
-        if not self.accelerator.is_main_process:
-            return
-
-        def write(tmp: Path) -> None:
-            try:
-                self.method.save(self.unwrapped, tmp / "model", self.tokenizer)
-                trainer_state = {
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                }
-                torch.save(trainer_state, tmp / "trainer_state.pt")
-            except (RuntimeError, SafetensorError) as err:  # how torch and safetensors report a failed write
-                raise OSError(errno.EIO, _first_line(err)) from err
-            (tmp / "state.json").write_text(json.dumps(self.state))
-
-        rundir.atomic_dir(self.out / rundir.CHECKPOINT, write)
-
-    def _save_state(self) -> None:
-        """Put this step's evaluation (best, bad_evals) into the checkpoint saved just before it."""
-        self.state["pending_eval"] = False
-        folder = rundir.restorable(self.out / rundir.CHECKPOINT)
-        if self.accelerator.is_main_process and folder is not None:
-            rundir.atomic_file(folder / "state.json", lambda tmp: tmp.write_text(json.dumps(self.state)))
-
-    def _restore(self) -> bool:
-        path = rundir.restorable(self.out / rundir.CHECKPOINT)
-        if path is None:
-            logger.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
-            return False
-        file = path / "state.json"
-        try:
-            state = json.loads(file.read_text(encoding="utf-8"))
-            step = state["step"]
-            file = path / "trainer_state.pt"
-            saved = torch.load(file, map_location="cpu", weights_only=True)
-            self.optimizer.load_state_dict(saved["optimizer"])
-            self.scheduler.load_state_dict(saved["scheduler"])
-            rng = saved["rng"]
-            file = path / "model"
-            self.method.load_weights(self.unwrapped, file)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-            raise UsageError(
-                f"--resume: {file} is unreadable ({_first_line(err)}); the checkpoint is torn or corrupt. "
-                f"Pass --overwrite to start again, or put back a copy of {path}."
-            ) from err
-        self._apply_learning_rates()
-        torch.set_rng_state(rng)
-        self.state = state
-        self.saved_step = step
-        logger.info("resumed from %s at step %d", path, step)
-        return True
-
-    def _apply_learning_rates(self) -> None:
-        """The restored optimizer carries the old run's rates; a --resume may change them (and max_steps),
-        so put this run's rates on the restored schedule (the same numbers when nothing changed)."""
-        m = self.opts.method
-        rates = {"prompt": m.lr_prompt, "lowrank": m.lr_lowrank, "head": m.lr_head, "all": m.lr}
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["initial_lr"] = self.scheduler.base_lrs[i] = rates[group["name"]]
-            group["lr"] = rates[group["name"]] * self.scheduler.lr_lambdas[i](self.scheduler.last_epoch)
-
     def _eval_and_select(self) -> dict:
         metrics = {}
         if self.accelerator.is_main_process:
@@ -380,13 +257,8 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         if opts.overwrite and self.accelerator.is_main_process:
             rundir.clear_output(self.out)
-        self.writer = None
-        if opts.tensorboard and self.accelerator.is_main_process:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:
-                raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
-            self.writer = SummaryWriter(self.out / "tensorboard")
+        main = self.accelerator.is_main_process
+        self.writer = rundir.tensorboard_writer(self.out) if opts.tensorboard and main else None
         if self.accelerator.is_main_process:
             run = json.dumps(rundir.jsonable(opts), indent=2)
             rundir.atomic_file(self.out / rundir.RUN_FILE, lambda tmp: tmp.write_text(run, encoding="utf-8"))
@@ -519,11 +391,6 @@ class Run:
             training_curve(self.out / "metrics.jsonl", self.out / "training_curve.png", self.task.main_metric)
         self.accelerator.wait_for_everyone()
         return results
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0].strip() if text else type(err).__name__
 
 
 def train(opts: TrainOptions, on_eval: Optional[Callable[[int, float], None]] = None) -> dict:

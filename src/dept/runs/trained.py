@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from dept.runs import rundir
 from dept.methods import get_method
 from dept.options import UsageError
+from dept.runs import rundir
 
 logger = logging.getLogger("dept.cli")
 

@@ -24,9 +24,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dept.runs import rundir
 from dept._extras import requires
 from dept.options import TrainOptions, TuneOptions, UsageError, flat_options
+from dept.runs import rundir
 from dept.runs.train import train
 
 with requires("train"):

@@ -44,7 +44,8 @@ from dept.core.model import BASE, DePTModel
 from dept.options import CUSTOM_PREFIXES  # task specs that read a file: never from a request
 from dept.serve.adapters import Adapter, AdapterStore, ServeError
 from dept.serve.batch import GREEDY_BELOW
-from dept.serve.scheduler import Classification, Completion, Sampling, Scheduler, Sink
+from dept.serve.jobs import Classification, Completion, Sampling, Sink
+from dept.serve.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 

@@ -17,14 +17,12 @@ anything else) every job still waiting or decoding gets a 503.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -36,6 +34,7 @@ from dept.precision import autocast
 from dept.scoring import classifier_scores, rank_each
 from dept.serve.adapters import AdapterStore, ServeError
 from dept.serve.batch import DecodeBatch, sample
+from dept.serve.jobs import Classification, Completion, Job, Row
 from dept.serve.text import TextStream
 
 logger = logging.getLogger(__name__)
@@ -43,69 +42,6 @@ logger = logging.getLogger(__name__)
 UNLIMITED = 1 << 30  # lengths are checked before a request is queued; scoring must not cut anything
 IDLE = 1.0  # seconds without work after which freed memory goes back to the OS
 STOP_TIMEOUT = 10.0  # seconds `stop` waits for the model thread to finish its current call
-
-
-class Sink:
-    """Events from the model thread to one request's handler on the event loop."""
-
-    def __init__(self):
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    def put(self, event: tuple) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the event loop has closed: nobody is listening
-            pass
-
-
-@dataclass
-class Sampling:
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: Sequence[str] = ()
-    seed: Optional[int] = None
-
-
-@dataclass(eq=False, kw_only=True)
-class Job:
-    adapter: str  # an adapter name, or BASE for the plain backbone
-    sink: Sink
-    index: int = 0  # which prompt/choice of its request
-    cancelled: bool = False  # set by the handler when its client went away
-    answered: bool = False  # its final event (result or error) was sent
-
-    @property
-    def size(self) -> int:
-        return 1
-
-
-@dataclass(eq=False, kw_only=True)
-class Completion(Job):
-    prompt: list[int]
-    sampling: Sampling = field(default_factory=Sampling)
-
-
-@dataclass(eq=False, kw_only=True)
-class Classification(Job):
-    sources: list[str]
-    candidates: list[str]
-
-    @property
-    def size(self) -> int:
-        return len(self.sources)
-
-
-@dataclass(eq=False)
-class _Row:
-    """A completion being decoded."""
-
-    job: Completion
-    stream: TextStream
-    generator: torch.Generator
-    generated: int = 0
-    last: int = 0
 
 
 class Scheduler:
@@ -130,7 +66,7 @@ class Scheduler:
         self.precision = precision
         self.device = model.base_model.get_input_embeddings().weight.device
         self.batch = DecodeBatch(model, pad_id(tokenizer))
-        self.rows: list[_Row] = []  # aligned with self.batch's rows
+        self.rows: list[Row] = []  # aligned with self.batch's rows
         self.eos = _eos_ids(model.base_model)
         self.stats = {"prefill_calls": 0, "largest_prefill": 0, "steps": 0, "largest_step": 0, "classify_calls": 0}
         self._waiting: deque[Job] = deque()
@@ -206,7 +142,7 @@ class Scheduler:
                         except Exception as err:  # a bug of ours: fail what waits, keep serving
                             logger.exception("The model thread failed to schedule; failing the waiting requests.")
                             for job in [*scoring, *starting, *self._waiting]:
-                                _fail(job, err)
+                                job.fail(err)
                             self._waiting.clear()
                             continue
                     try:
@@ -221,7 +157,7 @@ class Scheduler:
                         logger.exception("The model thread failed; failing the requests in flight.")
                         for job in [*scoring, *starting, *(row.job for row in self.rows)]:
                             if not job.answered:
-                                _fail(job, err)
+                                job.fail(err)
                         self.rows, self.batch.state = [], None
         finally:  # however the thread ends, nothing admitted is left without an answer
             with self._cond:
@@ -231,7 +167,7 @@ class Scheduler:
                 self.rows, self.batch.state = [], None
             for job in left:
                 if not job.answered:
-                    _answer(job, ("error", job.index, ServeError(503, "The server is shutting down.")))
+                    job.answer(("error", job.index, ServeError(503, "The server is shutting down.")))
 
     def _gather(self) -> None:
         """Idle, a request arrived: wait up to max_wait for more, to fill a batch."""
@@ -266,7 +202,7 @@ class Scheduler:
                     continue
             if limit is not None and job.adapter not in adapters and len(adapters - {BASE}) >= limit:
                 continue  # all of a call's adapters must be resident at once
-            if kind is Completion and self.model.kind != "causal" and taken and _sampled(job, taken[0]):
+            if kind is Completion and self.model.kind != "causal" and taken and not job.decodes_with(taken[0]):
                 continue  # encoder-decoders share one generate() call: one set of sampling options
             taken.append(job)
             adapters.add(job.adapter)
@@ -290,14 +226,14 @@ class Scheduler:
         failed.update({name: ServeError(404, f"The adapter {name!r} was deleted.") for name in gone})
         for job in jobs:
             if job.adapter in failed:
-                _answer(job, ("error", job.index, failed[job.adapter]))
+                job.answer(("error", job.index, failed[job.adapter]))
         return [job for job in jobs if job.adapter not in failed]
 
     def _isolated(self, run, jobs: list[Job], err: Exception) -> None:
         """A batched call raised: run each job alone, so only the faulty one fails."""
         if len(jobs) == 1:
             logger.warning("A request failed inside the model: %s", err)
-            _fail(jobs[0], err)
+            jobs[0].fail(err)
             return
         for job in jobs:
             run([job])
@@ -326,7 +262,7 @@ class Scheduler:
         self.stats["classify_calls"] += 1
         start = 0
         for job in jobs:
-            _answer(job, ("scores", job.index, scores[start : start + job.size]))
+            job.answer(("scores", job.index, scores[start : start + job.size]))
             start += job.size
 
     def _start(self, jobs: list[Completion]) -> None:
@@ -339,9 +275,9 @@ class Scheduler:
         rows = []
         for job in jobs:  # everything that may fail for one job, before its rows join the batch
             try:
-                rows.append(_Row(job, TextStream(self.tokenizer, job.sampling.stop), _generator(job)))
+                rows.append(Row(job, TextStream(self.tokenizer, job.sampling.stop), job.generator()))
             except Exception as err:
-                _fail(job, err)
+                job.fail(err)
         if not rows:
             return
         jobs = [row.job for row in rows]
@@ -377,7 +313,7 @@ class Scheduler:
                 if self._emit(row, row.last) is None:
                     keep.append(i)
             except Exception as err:
-                _fail(row.job, err)
+                row.job.fail(err)
         self._keep(keep)
 
     def _keep(self, rows: list[int]) -> None:
@@ -385,7 +321,7 @@ class Scheduler:
             self.batch.keep(rows)
             self.rows = [self.rows[i] for i in rows]
 
-    def _emit(self, row: _Row, token: int) -> Optional[str]:
+    def _emit(self, row: Row, token: int) -> Optional[str]:
         """Send the text this token adds; the finish reason once the row is done."""
         row.generated += 1
         if token in self.eos:
@@ -398,7 +334,7 @@ class Scheduler:
         if delta:
             row.job.sink.put(("text", row.job.index, delta))
         if finish:
-            _answer(row.job, ("done", row.job.index, finish, row.generated))
+            row.job.answer(("done", row.job.index, finish, row.generated))
         return finish
 
     def _generate(self, jobs: list[Completion]) -> None:
@@ -423,38 +359,10 @@ class Scheduler:
         self.stats["prefill_calls"] += 1
         self.stats["largest_prefill"] = max(self.stats["largest_prefill"], len(jobs))
         for job, tokens in zip(jobs, out[:, 1:].tolist()):  # after the decoder start token
-            row = _Row(job, TextStream(self.tokenizer, job.sampling.stop), torch.Generator())
+            row = Row(job, TextStream(self.tokenizer, job.sampling.stop), torch.Generator())
             for token in tokens:
                 if job.cancelled or self._emit(row, token) is not None:
                     break
-
-
-def _answer(job: Job, event: tuple) -> None:
-    """A job's final event: its result, or its error."""
-    job.answered = True
-    job.sink.put(event)
-
-
-def _fail(job: Job, err: Exception) -> None:
-    error = err if isinstance(err, ServeError) else ServeError(500, f"The model failed on this request: {err}")
-    _answer(job, ("error", job.index, error))
-
-
-def _sampled(job: Completion, other: Completion) -> bool:
-    return (job.sampling.temperature, job.sampling.top_p, job.sampling.seed) != (
-        other.sampling.temperature,
-        other.sampling.top_p,
-        other.sampling.seed,
-    ) or job.sampling.temperature > 0
-
-
-def _generator(job: Completion) -> torch.Generator:
-    generator = torch.Generator()
-    if job.sampling.seed is not None:
-        generator.manual_seed(job.sampling.seed)
-    else:
-        generator.seed()
-    return generator
 
 
 def _release_memory() -> None:
