@@ -121,7 +121,7 @@ def _warm_kernels(model: nn.Module, batch: Batch, device: str, precision: str) -
 
 
 def probe_memory(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Memory of each method in `spec["methods"]`, measured in this (fresh) process.
+    """Memory of each of `spec["methods"]`, measured in this (fresh) process.
 
     For each method: inference peak over `memory_steps` scoring forwards (the largest batches),
     generation peak over one generate call, training peak over `memory_steps` training steps (the
