@@ -115,3 +115,12 @@ def cache_name(model) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_length(cache) -> int:
+    """Tokens a KV cache holds (0 for none), for either cache format."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    return int(cache[0][0].shape[-2])  # legacy tuple of (key, value) per layer

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from dept.core import checkpoint
 from dept.core.config import DePTConfig
 from dept.core.heads import Heads
-from dept.core.kinds import Kind, model_kind, pools_last_token, takes_logits_to_keep
+from dept.core.kinds import Kind, cache_length, model_kind, pools_last_token, takes_logits_to_keep
 from dept.core.loss import causal_loss, keep_positions, logits_needed
 from dept.core.prompt import AdapterGroup, DePTAdapter, PromptedInputs, initial_prompt, prepend_prompts
 
@@ -32,19 +32,15 @@ logger = logging.getLogger(__name__)
 BASE = "__base__"  # adapter name for rows that run the plain backbone
 
 
-def _cache_length(cache) -> int:
-    if cache is None:
-        return 0
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    return int(cache[0][0].shape[-2])  # legacy tuple of (key, value) per layer
-
-
 class DePTModel(nn.Module):
     """A frozen backbone plus named DePT adapters; `adapter_names` picks an adapter per row.
 
     For classifiers, each adapter carries its own copy of the task head (the backbone's own head
     serves `__base__` rows); forward hooks on the head modules route each row to its adapter's."""
+
+    # transformers.Trainer passes `num_items_in_batch` (the batch's target count over all micro-batches)
+    # when a model says it normalizes its loss with it: gradient accumulation then sums to the full-batch loss.
+    accepts_loss_kwargs = True
 
     def __init__(
         self,
@@ -79,10 +75,15 @@ class DePTModel(nn.Module):
     def vocab_size(self) -> int:
         return self.base_model.get_input_embeddings().weight.shape[0]
 
-    @property
-    def config(self):
-        """The backbone's config, where transformers and accelerate utilities look for it."""
-        return self.base_model.config
+    def __getattr__(self, name: str):
+        """What the wrapper lacks comes from the backbone (config, generation_config, loss_type, ...), as
+        for PEFT models, so trainers and evaluators written for a PreTrainedModel find it."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or name == "base_model":
+                raise
+            return getattr(super().__getattr__("base_model"), name)
 
     @property
     def dept_config(self) -> DePTConfig:
@@ -212,6 +213,8 @@ class DePTModel(nn.Module):
         if kwargs.get("position_ids") is not None:
             raise ValueError("DePTModel sets position_ids itself (the prompt comes first); do not pass position_ids.")
         kwargs.pop("position_ids", None)
+        num_items = kwargs.pop("num_items_in_batch", None)
+        fused_head = kwargs.pop("fused_lm_head", False)  # TRL's SFTTrainer: see dept.integrations.trainer
         self._refuse_filled_cache(kwargs)
         if self.kind == "causal" and source_mask is None and labels is not None:
             source_mask = labels == -100
@@ -230,8 +233,14 @@ class DePTModel(nn.Module):
         if self.padding_side == "left":
             call["position_ids"] = p.position_ids
         if self.kind != "causal":
+            if num_items is not None and labels is not None:
+                call["num_items_in_batch"] = num_items
             with self._heads.routing(groups) if self._heads is not None else contextlib.nullcontext():
                 return self.base_model(**call, labels=labels)
+        if fused_head:  # the backbone carries TRL's fused LM head: per-token log-probs on the prompted layout
+            return self.base_model(
+                **call, labels=p.carry(labels, -100), fused_lm_head=True, num_items_in_batch=num_items
+            )
         total = p.inputs_embeds.shape[1]
         if self._supports_logits_to_keep:
             call["logits_to_keep"] = keep_positions(logits_to_keep, total, p.inputs_embeds.device)
@@ -245,7 +254,11 @@ class DePTModel(nn.Module):
                     f"logits_to_keep={logits_to_keep} leaves out slots the loss needs; use at least "
                     f"{logits_needed(labels)} (dept.core.loss.logits_needed(labels)) or 0 for all."
                 )
-            out["loss"] = causal_loss(logits, labels[:, total - logits.shape[1] :])
+            targets = labels[:, total - logits.shape[1] :]
+            if num_items is None:
+                out["loss"] = causal_loss(logits, targets)
+            else:
+                out["loss"] = causal_loss(logits, targets, reduction="sum") / num_items
         return out
 
     def _refuse_filled_cache(self, kwargs: dict) -> None:
@@ -254,7 +267,7 @@ class DePTModel(nn.Module):
         if self.padding_side != "left":
             return  # encoder-decoders: the cache is the decoder's, the encoder input is re-prompted as before
         for name in ("past_key_values", "cache"):
-            if _cache_length(kwargs.get(name)):
+            if cache_length(kwargs.get(name)):
                 raise ValueError(
                     f"DePTModel.forward does not continue from a filled {name}: the cache holds the prompted "
                     "[P ; input] layout. Use DePTModel.generate() to decode, or run forward on the whole "
@@ -314,13 +327,20 @@ class DePTModel(nn.Module):
             pad = eos[0] if isinstance(eos, (list, tuple)) else eos
         return pad
 
-    def gradient_checkpointing_enable(self) -> None:
-        """Non-reentrant checkpointing: our prompted embeddings carry the gradient, nothing to patch."""
-        kwargs = {"use_reentrant": False}
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[dict] = None, **options):
+        """Non-reentrant checkpointing of the backbone: our prompted embeddings carry the gradient, nothing
+        to patch. Takes what transformers.Trainer passes (`every_n_layers`, `offload` in `options`)."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        if kwargs.get("use_reentrant"):
+            raise ValueError("DePTModel uses non-reentrant checkpointing; pass use_reentrant=False or leave it out.")
+        kwargs["use_reentrant"] = False
         if hasattr(self.base_model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-            self.base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            self.base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **options)
         else:
             self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
     # ----- checkpoints --------------------------------------------------------------------------
     def backbone_info(self) -> dict:
