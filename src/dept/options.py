@@ -138,7 +138,14 @@ class TrainOptions:
     test_samples: Optional[int] = option(None, "Test on the first N test examples (default: all).")
     eval_batch_size: int = option(32, "Sequences per batch when scoring.", flag=False)
     patience: Optional[int] = option(None, "Stop after this many evaluations without improvement.")
-    scoring: str = option("rank", "rank = label log-likelihood, generate = greedy, exact match.", choices=SCORINGS)
+    scoring: Optional[str] = option(
+        None,
+        "rank = label log-likelihood, generate = greedy decoding (default: generate for instruction data, else rank).",
+        choices=SCORINGS,
+    )
+    chat_template: bool = option(
+        False, "Format inputs with the tokenizer's chat template (instruct models); eval and predict do the same."
+    )
     k_shot: Optional[int] = option(None, "Train on k examples per class.")
     seed: int = option(42, "Seed of initialisation, data order and dropout (not of the split).")
     resume: bool = option(False, "Continue the run in OUTPUT_DIR (same task, method, model, adapter shape).")
@@ -158,7 +165,8 @@ class TrainOptions:
         from dept.tasks.splits import SPLIT_RULES
 
         check_choice("--precision", self.precision, PRECISIONS)
-        check_choice("--scoring", self.scoring, SCORINGS)
+        if self.scoring is not None:
+            check_choice("--scoring", self.scoring, SCORINGS)
         check_choice("--split-rule", self.split_rule, SPLIT_RULES)
         for flag, value in (
             ("--max-steps", self.max_steps),

@@ -285,7 +285,8 @@ def evaluate(
     precision: str = "fp32",
 ) -> tuple[dict[str, float], list]:
     """Metrics and per-example predictions. Regression with rank scoring reads out the expected
-    value over the numeric label strings."""
+    value over the numeric label strings. Generation runs for the task's `max_new_tokens` where it has
+    one (instruction data: its longest training completion, dept.chat), else 20 tokens."""
     if not examples:
         raise ValueError(f"No examples to evaluate for {task.name}.")
     sources = [e.source for e in examples]
@@ -293,8 +294,9 @@ def evaluate(
     model.eval()
     try:
         if scoring == "generate":
+            new_tokens = getattr(task, "max_new_tokens", None) or 20
             predictions: list = generate_texts(
-                model, tokenizer, kind, sources, max_length, batch_size=batch_size, precision=precision
+                model, tokenizer, kind, sources, max_length, new_tokens, batch_size=batch_size, precision=precision
             )
         elif kind == "classification":
             predictions = (

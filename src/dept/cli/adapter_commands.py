@@ -55,7 +55,7 @@ def eval_command(
         None, help=f"Seed of the paper split (default: the run's, else {TrainOptions.split_seed})."
     ),
     max_length: Optional[int] = typer.Option(None, help="Longest input (default: the run's, else the adapter's s)."),
-    scoring: str = option_of(TrainOptions, "scoring"),
+    scoring: Optional[str] = option_of(TrainOptions, "scoring"),
     precision: str = option_of(TrainOptions, "precision"),
     batch_size: int = option_of(TrainOptions, "eval_batch_size"),
     samples: Optional[int] = typer.Option(None, help="Score only the first N examples."),
@@ -67,13 +67,17 @@ def eval_command(
 
     setup_logging(verbose)
     check_choice("--split", split, SPLITS)
-    check_choice("--scoring", scoring, SCORINGS)
+    if scoring is not None:
+        check_choice("--scoring", scoring, SCORINGS)
     check_choice("--precision", precision, PRECISIONS)
     check_at_least("--batch-size", batch_size, 1)
     check_at_least("--samples", samples, 0)
     check_at_least("--max-length", max_length, 1)
     trained = Trained(adapter, model)
     spec = _task(task, trained.run)
+    from dept.tasks.instructions import scoring_for
+
+    scoring = scoring_for(spec, scoring)
     data_dir = trained.setting("data_dir", "--data-dir", str(data_dir) if data_dir else None, None)
     split_rule = trained.setting("split_rule", "--split-rule", split_rule, TrainOptions.split_rule)
     check_choice("--split-rule", split_rule, SPLIT_RULES)
@@ -88,11 +92,14 @@ def eval_command(
     splits = spec.load(data_dir=data_dir, split_rule=split_rule, seed=split_seed, use_hub=data_dir is None)
     examples = splits[split][:samples]
 
+    from dept.chat import prepare
     from dept.data import count_truncated
     from dept.scoring import evaluate
 
     model_, tokenizer = trained.load()
     kind = model_kind_of(model_)
+    # The run's formatting (--chat-template) and, for instruction data, its generation length.
+    prepare(spec, tokenizer, kind, splits["train"], [examples], bool(trained.run.get("chat_template")), max_length)
     cut = count_truncated(tokenizer, examples, kind, max_length)
     if cut:
         logger.warning(
@@ -159,11 +166,14 @@ def predict(
         raise UsageError(f"--output {output} is a folder or lies in a missing one; give a file (or - for stdout).")
     trained = Trained(adapter, model)
     spec = _task(task, trained.run) if task else None
+    if getattr(spec, "free_form", False):
+        raise UsageError(f"--task ranks label strings, and {task} has free-form completions; leave --task out.")
     sources = _read_inputs(input)
     if not sources:
         return
     max_length = trained.setting("max_length", "--max-length", None, trained.max_length or MethodOptions.max_length)
 
+    from dept.chat import render
     from dept.data import count_long, target_ids
     from dept.precision import resolve_precision
     from dept.scoring import candidates_for, generate_texts, rank_scores
@@ -171,6 +181,9 @@ def predict(
     model_, tokenizer = trained.load()
     kind = model_kind_of(model_)
     precision = resolve_precision(precision)
+    inputs = sources
+    if trained.run.get("chat_template"):  # formatted as the run's inputs were: each one a user message
+        sources = [render(tokenizer, [{"role": "user", "content": s}]) for s in sources]
     candidates, values = candidates_for(spec) if spec is not None else (None, None)
     fits = max_length  # source tokens that fit: a causal row holds the answer (or the generated text) too
     if kind == "causal" and spec is None:
@@ -199,11 +212,11 @@ def predict(
                 "prediction": candidates[int(sc.argmax())],
                 **({"expected_value": float((sc.softmax(-1) * values).sum())} if values is not None else {}),
             }
-            for s, sc in zip(sources, scores)
+            for s, sc in zip(inputs, scores)
         ]
     else:
         texts = generate_texts(model_, tokenizer, kind, sources, max_length, max_new_tokens, batch_size, precision)
-        rows = [{"source": s, "prediction": t} for s, t in zip(sources, texts)]
+        rows = [{"source": s, "prediction": t} for s, t in zip(inputs, texts)]
     out = sys.stdout if str(output) == "-" else open(output, "w", encoding="utf-8")
     for row in rows:
         out.write(json.dumps(row) + "\n")

@@ -40,6 +40,7 @@ RESUME_MUST_MATCH = (
     "split_seed",
     "seed",
     "k_shot",
+    "chat_template",
     "method.method",
     "method.budget",
     "method.prompt_length",

@@ -28,6 +28,7 @@ import torch
 
 from dept._extras import requires
 from dept.backbones import load_backbone
+from dept.chat import prepare
 from dept.core.kinds import model_kind
 from dept.core.optim import create_scheduler
 from dept.core.rates import embedding_rms
@@ -65,12 +66,12 @@ class Run(Checkpoints):
 
     def __init__(self, opts: TrainOptions, on_eval: Optional[Callable[[int, float], None]] = None):
         opts.validate()
-        self.opts = opts
         self.on_eval = on_eval
         self.out = opts.out
-        from dept.tasks import get_task
+        from dept.tasks import get_task, instructions
 
         self.task = get_task(opts.task, **opts.task_options)
+        self.opts = opts = dataclasses.replace(opts, scoring=instructions.scoring_for(self.task, opts.scoring))
         self.precision = resolve_precision(opts.precision)
         # Autocast is ours (dept.precision.autocast), so runs of different precision can share a process.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -120,6 +121,8 @@ class Run(Checkpoints):
         self._check_positions()
         self.opts = opts = dataclasses.replace(opts, method=method.with_default_rates(opts.method, self.backbone))
         self.kind = model_kind(self.backbone)
+        sets = (self.train_set, self.val_set, self.test_set)  # chat template, instruction rows' lengths (dept.chat)
+        prepare(self.task, self.tokenizer, self.kind, splits["train"], sets, opts.chat_template, opts.method.max_length)
         scale = embedding_rms(self.backbone)
         self.model = method.build(opts.method, self.backbone, self.tokenizer, self.kind)
         method.check_init(opts.method, self.model, self.backbone.get_input_embeddings().weight.shape[1])

@@ -4,6 +4,10 @@
 ``jsonl:``) builds a task whose source is ``"a: … b: …"`` (fields in the order given; default:
 every column except the label, in file order) and whose target is the label text.
 
+A ``jsonl:`` file whose records hold ``prompt`` + ``completion`` or ``messages`` (and no label field) is
+instruction data: a free-form generation task (:mod:`dept.tasks.instructions`; ``task_type="instruction"``
+forces it, ``text_fields`` or another ``task_type`` rule it out).
+
 Task type (override with ``task_type="classification" | "regression"``): regression when every
 label is a number and there are more than ``REGRESSION_MIN_DISTINCT`` (10) distinct values;
 otherwise classification with label words = the sorted distinct label strings (numerically sorted
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from dept.options import not_utf8
+from dept.tasks.instructions import instruction_task, is_instruction
 from dept.tasks.registry import MAX_REGRESSION_CANDIDATES, REGRESSION_STEP, Task, regression_candidates
 from dept.tasks.sources import Record, Source, iter_jsonl
 from dept.tasks.templates import fields_source
@@ -42,6 +47,7 @@ from dept.tasks.templates import fields_source
 REGRESSION_MIN_DISTINCT = 10
 _EXTS = {"csv": ".csv", "tsv": ".tsv", "jsonl": ".jsonl"}
 _VALIDATION_NAMES = ("validation", "dev", "val")
+TASK_TYPES = (None, "classification", "regression", "instruction")
 
 
 def _read_rows(path: Path, fmt: str) -> list[tuple[int, dict[str, Any]]]:
@@ -129,8 +135,8 @@ def custom_task(
     fmt, _, raw_path = spec.partition(":")
     if fmt not in _EXTS or not raw_path:
         raise ValueError(f"custom task spec must be 'csv:PATH', 'tsv:PATH' or 'jsonl:PATH', got {spec!r}")
-    if task_type not in (None, "classification", "regression"):
-        raise ValueError(f"task_type must be 'classification' or 'regression', got {task_type!r}")
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be one of {', '.join(map(repr, TASK_TYPES[1:]))}, got {task_type!r}")
     path = Path(raw_path).expanduser()
     if path.is_dir():
         files = _find_files(path, _EXTS[fmt])
@@ -143,6 +149,13 @@ def custom_task(
         )
 
     raw: dict[str, list[tuple[int, dict[str, Any]]]] = {s: _read_rows(p, fmt) for s, p in files.items()}
+    first = next((rows[0][1] for rows in raw.values() if rows), {})
+    if task_type == "instruction" or (task_type is None and not text_fields and is_instruction(first, label_field)):
+        if fmt != "jsonl":
+            raise ValueError(
+                f"custom task {spec!r}: instruction data (prompt/completion or messages) is read from jsonl:"
+            )
+        return instruction_task(spec, path, files, raw, name)
     fields = list(text_fields) if text_fields else None
     labels: dict[str, list[str]] = {}
     for split, rows in raw.items():

@@ -79,6 +79,7 @@ class Task:
     value_range: tuple[float, float] | None = None
     group_key: str | None = None
     description: str = ""
+    free_form = False  # free-form completions (dept.tasks.instructions): scored by generation, never ranked
 
     # --- labels and predictions -------------------------------------------------------------
 
