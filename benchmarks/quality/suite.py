@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -82,10 +83,19 @@ def collect(args: argparse.Namespace) -> list[dict]:
         r = read(folder(args, task, method, seed) / "results.json")
         if r is None:
             continue
-        rows.append(row(task, method, seed, r))
+        rows.append(
+            {**row(task, method, seed, r), "step_seconds": step_seconds(folder(args, task, method, seed), args)}
+        )
         if method == "pt" and "zero_shot_test" in r:
             rows.append(row(task, "zero-shot", None, r, score="zero-shot"))
     return rows
+
+
+def step_seconds(run: Path, args: argparse.Namespace) -> float | None:
+    """Median seconds per training step from the run's log: wall time per run also counts the seconds
+    other jobs on the machine took (and a paused run's pause); the median step mostly does not."""
+    speeds = [r["samples_per_s"] for r in map(json.loads, open(run / "metrics.jsonl")) if "samples_per_s" in r]
+    return args.batch_size / statistics.median(speeds) if speeds else None
 
 
 def scores(rows: list[dict], task: str | None, method: str, split: str = "test") -> dict[int, float]:
@@ -114,8 +124,8 @@ def markdown(rows: list[dict], settings: dict) -> str:
         f"{s['eval_samples']} validation examples at the end, the whole test split, split seed {SPLIT_SEED}. "
         "Test scores, mean ± std over seeds (n = seeds finished); the mean over tasks uses seeds every task finished.",
         "",
-        "| method | " + " | ".join(tasks) + " | mean over tasks | train s/run |",
-        "|---|" + "---:|" * (len(tasks) + 2),
+        "| method | " + " | ".join(tasks) + " | mean over tasks | train s/run | median s/step |",
+        "|---|" + "---:|" * (len(tasks) + 3),
     ]
     for m in methods:
         cols = []
@@ -128,20 +138,24 @@ def markdown(rows: list[dict], settings: dict) -> str:
             cols.append(f"{fmt(values)} (n={len(values)})" if values else "-")
         mean = list(scores(rows, None, m).values()) if m != "zero-shot" else []
         seconds = [r["train_seconds"] for r in rows if r["method"] == m and m != "zero-shot"]
-        lines.append(f"| {LABELS[m]} | " + " | ".join(cols) + f" | {fmt(mean)} | {fmt(seconds)} |")
+        step = [r["step_seconds"] for r in rows if r["method"] == m and r.get("step_seconds")]
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cols) + f" | {fmt(mean)} | {fmt(seconds)} | {fmt(step, 2)} |")
     lines += ["", "Paired by seed (seed k against seed k), test points:", ""]
     for a, b in PAIRS:
         parts = [f"{t} {fmt(d)} (n={len(d)})" for t in [*tasks, None] if (d := paired(rows, t, a, b))]
         parts = [p.replace("None", "mean over tasks") for p in parts]
         if parts:
             lines.append(f"- {LABELS[a]} − {LABELS[b]}: " + "; ".join(parts))
-    time_ratio = [
-        x["train_seconds"] / y["train_seconds"]
-        for x in rows if x["method"] == "dept"
-        for y in rows if y["method"] == "pt" and (y["task"], y["seed"]) == (x["task"], x["seed"])
-    ]  # fmt: skip
-    if time_ratio:
-        lines += ["", f"DePT/PT training time per run, paired: {fmt(time_ratio)} (wall clock, n={len(time_ratio)})."]
+    lines.append("")
+    for key, what in (("train_seconds", "training wall time per run"), ("step_seconds", "median step time")):
+        ratio = [
+            x[key] / y[key]
+            for x in rows if x["method"] == "dept" and x.get(key)
+            for y in rows if y["method"] == "pt" and (y["task"], y["seed"]) == (x["task"], x["seed"]) and y.get(key)
+        ]  # fmt: skip
+        if ratio:
+            lines.append(f"DePT/PT {what}, paired: {fmt(ratio, 3)} (n={len(ratio)}).  ")
+    lines.append("Times share the machine with whatever else ran; `dept bench` measures speed side by side.")
     rates = {r["method"]: (r["lr_prompt"], r["lr_lowrank"], r["lr"]) for r in rows if r["method"] != "zero-shot"}
     lines += [
         "",
