@@ -25,6 +25,15 @@ CHECKPOINT_FILES = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_st
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state: a bf16 Trainer would leave its mixed precision to the next."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="module", params=["causal", "seq2seq"])
 def setup(request, tmp_path_factory):
     """A tiny backbone folder (no dropout, so both loops see the same function) and a sentiment CSV."""
@@ -196,3 +205,23 @@ def test_the_readme_snippet_runs_as_written(tmp_path, monkeypatch):
     exec(compile(code.replace('"smollm2-135m"', repr(str(tmp_path / "model"))), "README", "exec"), namespace)
     files = {p.name for p in (tmp_path / "out" / "trainer" / "checkpoint-20").iterdir()}
     assert "adapter_model.safetensors" in files and not any(f.startswith(("model", "pytorch_model")) for f in files)
+
+
+def test_accelerate_launch_trains_on_two_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    make_tiny_llama(tmp_path / "model", tokenizer=make_tiny_tokenizer(tmp_path / "model"))
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", "29519", str(REPO_ROOT / "tests" / "trainer_script.py"),
+           str(tmp_path / "model"), str(tmp_path / "out")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world_size=2" in done.stdout
+    files = {p.name for p in (tmp_path / "out" / "checkpoint-3").iterdir()}
+    assert ADAPTER_FILES <= files and not any(f.startswith(("model", "pytorch_model")) for f in files)
