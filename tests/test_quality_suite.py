@@ -50,3 +50,32 @@ def test_suite_runs_every_cell_reports_pairs_and_skips_finished_cells(tmp_path, 
     assert [p.stat().st_size for p in logs] == sizes and (tmp_path / "out" / "cells").stat().st_mtime_ns == stamp
     for run in (tmp_path / "out" / "cells").rglob("run.json"):  # committed: paths relative, none of this machine's
         assert not Path(json.loads(run.read_text())["output_dir"]).is_absolute()
+
+
+def test_the_gpu_script_runs_every_stage_and_packs_the_cells(tmp_path):
+    """benchmarks/quality/gpu.sh as the GPU call runs it, small: probe, the 300-step suite, the budget
+    sweep and the long suite, each cut at the deadline, then the packed results for $OUT."""
+    import os
+    import subprocess
+    import tarfile
+
+    tok = make_tiny_tokenizer(tmp_path / "model")
+    make_tiny_llama(tmp_path / "model", tokenizer=tok, max_position_embeddings=512)
+    rows = ["text,label"] + [f"it was {'good' if i % 2 else 'bad'} {i},{'pos' if i % 2 else 'neg'}" for i in range(40)]
+    (tmp_path / "task.csv").write_text("\n".join(rows) + "\n")
+    task = f"csv:{tmp_path / 'task.csv'}"
+    env = {**os.environ, "PY": sys.executable, "MODEL": str(tmp_path / "model"), "DATA": str(tmp_path),
+           "TASKS": task, "SWEEP_TASKS": task, "STEPS": "2", "SWEEP": "2 3", "LONG": "3", "SEEDS": "1", "JOBS": "2",
+           "BUDGET": "240", "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"), "STASH": str(tmp_path)}  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "quality" / "gpu.sh")], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "out"
+    assert json.loads((out / "throughput.json").read_text())["steps"] == 30
+    summary = (out / "summary.md").read_text()
+    for stage in ("main-2", "sweep-2", "sweep-3", "long-3"):
+        assert f"## {stage}" in summary, summary[:2000]
+    with tarfile.open(out / "cells.tgz") as packed:
+        names = packed.getnames()
+    assert sum(n.endswith("results.json") for n in names) == 1 + 4 + 3 + 3 + 4  # probe, main, 2 sweeps, long
+    assert not [n for n in names if n.endswith(".safetensors")]

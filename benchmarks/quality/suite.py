@@ -56,7 +56,7 @@ def cells(args: argparse.Namespace) -> list[tuple[str, str, int]]:
             todo += [(task, method, seed) for method in MAIN]
             todo += [(task, "pt60", seed)] if task in ABLATION_TASKS else []
             todo += [(task, "lora", seed)] if seed == 0 else []
-    return todo
+    return [cell for cell in todo if cell[1] in args.methods]
 
 
 def folder(args: argparse.Namespace, task: str, method: str, seed: int) -> Path:
@@ -220,6 +220,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-samples", type=int, default=500)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=1, help="Cells at once (keep 1 on a CPU).")
+    parser.add_argument("--methods", nargs="+", choices=list(ARMS), default=list(ARMS), help="Default: every arm.")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     args.tasks = args.tasks or (GPU_TASKS if args.profile == "gpu" else CPU_TASKS)
