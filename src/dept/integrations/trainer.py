@@ -67,9 +67,7 @@ class _DePTTraining:
             rates = dict(self.dept_rates)
             if rates["lr_prompt"] is None or rates["lr_lowrank"] is None:
                 defaults = default_rates(embedding_rms(dept_model.base_model))
-                rates = {k: defaults[k] if v is None else v for k, v in rates.items() if k in defaults} | {
-                    "lr_head": rates["lr_head"]
-                }
+                rates.update({k: float(f"{v:.3g}") for k, v in defaults.items() if rates[k] is None})  # as dept train
                 logger.info("DePT learning rates for this backbone: %s", rates)
             self.dept_rates = rates
             groups = parameter_groups(dept_model, rates["lr_prompt"], rates["lr_lowrank"], self.args.weight_decay,
