@@ -85,3 +85,10 @@ def test_bf16_runs_train_their_adapter_in_fp32_on_a_bf16_backbone(tiny_setup, tm
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     results = run.fit()
     assert results["precision"] == "bf16" and results["best_validation"] is not None
+
+
+def test_the_head_rate_is_one_number():
+    """dept.core.optim needs it torch-side and the options torch-free: two spellings, one value."""
+    from dept.core.optim import LR_HEAD
+
+    assert MethodOptions().lr_head == LR_HEAD
