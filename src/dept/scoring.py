@@ -23,7 +23,10 @@ from dept.tasks.registry import MAX_REGRESSION_CANDIDATES, REGRESSION_STEP, regr
 
 
 @dataclass
-class _Row:
+class ScoreRow:
+    """One forward row: an example's source ids, the target tokens before the last (`prefix`), and the
+    candidates whose last token it scores in one distribution."""
+
     example: int
     source: list[int]
     prefix: tuple[int, ...]
@@ -72,7 +75,6 @@ def rank_each(
     """Per source, the log-probabilities of its own candidate strings: sources of different tasks
     (and, through `adapter_names`, of different DePT adapters) share batches, as a server needs.
     `batch_size` counts rows, and for causal models sources (each with all its candidate rows)."""
-    device = next(model.parameters()).device
     plans: dict[tuple[str, ...], tuple[dict, int]] = {}
     rows = []
     for i, (source, candidates) in enumerate(zip(sources, candidate_lists)):
@@ -82,23 +84,34 @@ def rank_each(
         groups, longest = plans[key]
         src = encode(tokenizer, source, None, kind, max_length - (longest if kind == "causal" else 0)).input_ids
         adapter = adapter_names[i] if adapter_names is not None else None
-        rows += [_Row(i, src, prefix, members, adapter) for prefix, members in groups.items()]
+        rows += [ScoreRow(i, src, prefix, members, adapter) for prefix, members in groups.items()]
     scores = [torch.full((len(c),), float("-inf")) for c in candidate_lists]
-    chunks = _source_chunks(rows, batch_size) if kind == "causal" else _chunks(rows, batch_size)
-    for chunk in chunks:
-        with autocast(device, precision):
-            logprobs = _prefix_logprobs(model, chunk, kind, pad_id(tokenizer), device, _decoder_start(model))
-        for row, lp in zip(chunk, logprobs):
-            p = len(row.prefix)
-            prefix_score = sum(float(lp[k, t]) for k, t in enumerate(row.prefix))
-            for c, last in row.members:
-                scores[row.example][c] = prefix_score + float(lp[p, last])
+    for row, lp in score_rows(model, rows, kind, pad_id(tokenizer), batch_size, precision):
+        p = len(row.prefix)
+        prefix_score = sum(float(lp[k, t]) for k, t in enumerate(row.prefix))
+        for c, last in row.members:
+            scores[row.example][c] = prefix_score + float(lp[p, last])
     return scores
 
 
-def _source_chunks(rows: Sequence[_Row], size: int) -> Iterator[Sequence[_Row]]:
+def score_rows(
+    model, rows: Sequence[ScoreRow], kind: str, pad: int, batch_size: int = 16, precision: str = "fp32"
+) -> Iterator[tuple[ScoreRow, torch.Tensor]]:
+    """Each row with the log-softmax at the positions that predict its prefix tokens, then its last
+    token. Causal rows go `batch_size` sources at a time, the rows of one source sharing its pass; a
+    DePT model offsets the source tokens only. (Rank scoring, and lm-eval's `dept` model, use this.)"""
+    device = next(model.parameters()).device
+    chunks = _source_chunks(rows, batch_size) if kind == "causal" else _chunks(rows, batch_size)
+    start = _decoder_start(model)
+    for chunk in chunks:
+        with autocast(device, precision):
+            logprobs = _prefix_logprobs(model, chunk, kind, pad, device, start)
+        yield from zip(chunk, logprobs)
+
+
+def _source_chunks(rows: Sequence[ScoreRow], size: int) -> Iterator[Sequence[ScoreRow]]:
     """Rows of `size` sources at a time: rows that share a source stay together (one source pass)."""
-    chunk: list[_Row] = []
+    chunk: list[ScoreRow] = []
     sources: set = set()
     for row in rows:
         key = (row.example, row.adapter)
@@ -129,7 +142,7 @@ def _decoder_start(model) -> int:
     return 0 if start is None else start
 
 
-def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, start_id: int) -> list[torch.Tensor]:
+def _prefix_logprobs(model, rows: Sequence[ScoreRow], kind: str, pad: int, device, start_id: int) -> list[torch.Tensor]:
     """For each row, log-softmax at the p+1 positions that predict prefix tokens then the last token."""
     names = {"adapter_names": [r.adapter for r in rows]} if rows[0].adapter is not None else {}
     if kind == "causal" and len({(r.example, r.adapter) for r in rows}) < len(rows):
@@ -155,12 +168,12 @@ def _prefix_logprobs(model, rows: Sequence[_Row], kind: str, pad: int, device, s
     return [lp[i, : len(r.prefix) + 1] for i, r in enumerate(rows)]
 
 
-def _shared_source_logprobs(model, rows: Sequence[_Row], pad: int, device) -> list[torch.Tensor]:
+def _shared_source_logprobs(model, rows: Sequence[ScoreRow], pad: int, device) -> list[torch.Tensor]:
     """Causal rows that share a source (candidates with different prefixes, e.g. STS-B's 26 scores
     in six rows): each source runs once and leaves a KV cache; the candidate prefixes continue from
     it. The same log-probabilities as one sequence per row (DePT offsets on the source only), at the
     cost of one source pass per example instead of one per row."""
-    firsts: dict[tuple, _Row] = {}
+    firsts: dict[tuple, ScoreRow] = {}
     for r in rows:
         firsts.setdefault((r.example, r.adapter), r)
     keys = list(firsts)

@@ -25,7 +25,7 @@ from dept._extras import requires
 from dept.core.model import DePTModel
 from dept.data import encode, encode_ids, pad_batch, pad_id
 from dept.errors import UsageError
-from dept.scoring import _chunks, _decoder_start, _prefix_logprobs, _Row, _source_chunks
+from dept.scoring import ScoreRow, score_rows
 
 with requires("hf"):
     import lm_eval.models  # noqa: F401  (get_model() imports the harness's own models only into an empty registry)
@@ -211,18 +211,14 @@ class DePTLM(TemplateLM):
         for i, (ctx, cont) in enumerate(items):
             if cont:
                 example = slots.setdefault(tuple(ctx), len(slots))
-                rows.append(_Row(example, list(ctx), tuple(cont[:-1]), [(i, cont[-1])]))
+                rows.append(ScoreRow(example, list(ctx), tuple(cont[:-1]), [(i, cont[-1])]))
         rows.sort(key=lambda r: (-len(r.source), r.example))  # longest first; one context's rows together
         results: list[tuple[float, bool]] = [(0.0, True)] * len(items)  # an empty continuation: log 1
-        chunks = _source_chunks(rows, self.batch_size) if self.kind == "causal" else _chunks(rows, self.batch_size)
-        start = _decoder_start(self.model)
-        for chunk in chunks:
-            logprobs = _prefix_logprobs(self.model, chunk, self.kind, self._pad, self._device, start)
-            for row, lp in zip(chunk, logprobs):
-                (i, last), p = row.members[0], len(row.prefix)
-                score = sum(float(lp[k, t]) for k, t in enumerate(row.prefix)) + float(lp[p, last])
-                targets = torch.tensor([*row.prefix, last], device=lp.device)
-                results[i] = (score, bool((lp[: p + 1].argmax(-1) == targets).all()))
+        for row, lp in score_rows(self.model, rows, self.kind, self._pad, self.batch_size):
+            (i, last), p = row.members[0], len(row.prefix)
+            score = sum(float(lp[k, t]) for k, t in enumerate(row.prefix)) + float(lp[p, last])
+            targets = torch.tensor([*row.prefix, last], device=lp.device)
+            results[i] = (score, bool((lp[: p + 1].argmax(-1) == targets).all()))
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -262,7 +258,8 @@ class DePTLM(TemplateLM):
             room = self.max_length - new if self.kind == "causal" else self.max_length
             if room < 1:
                 raise UsageError(f"max_gen_toks={new} leaves no room for the context in max_length={self.max_length}.")
-            for chunk in _chunks(sorted(members, key=lambda i: -len(requests[i].args[0])), self.batch_size):
+            ordered = sorted(members, key=lambda i: -len(requests[i].args[0]))
+            for chunk in (ordered[k : k + self.batch_size] for k in range(0, len(ordered), self.batch_size)):
                 texts = self._generate([requests[i].args[0] for i in chunk], room, new, until)
                 for i, text in zip(chunk, texts):
                     out[i] = text
