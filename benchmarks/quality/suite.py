@@ -94,7 +94,8 @@ def collect(args: argparse.Namespace) -> list[dict]:
 def step_seconds(run: Path, args: argparse.Namespace) -> float | None:
     """Median seconds per training step from the run's log: wall time per run also counts the seconds
     other jobs on the machine took (and a paused run's pause); the median step mostly does not."""
-    speeds = [r["samples_per_s"] for r in map(json.loads, open(run / "metrics.jsonl")) if "samples_per_s" in r]
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    speeds = [r["samples_per_s"] for r in records if "samples_per_s" in r]
     return args.batch_size / statistics.median(speeds) if speeds else None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Optional
 
 from dept.data import target_ids
 from dept.errors import UsageError
@@ -34,8 +35,9 @@ def _added_prefix(tokenizer) -> str:
     return tokenizer.decode(empty[:lead]) if lead else ""
 
 
-def render(tokenizer, messages: Sequence[dict]) -> str:
-    """Messages before the answer, in the tokenizer's chat template, ending with the assistant's cue."""
+def render(tokenizer, messages: Sequence[dict], prefix: Optional[str] = None) -> str:
+    """Messages before the answer, in the tokenizer's chat template, ending with the assistant's cue.
+    `prefix`: `_added_prefix(tokenizer)`, when the caller renders many."""
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise UsageError(
@@ -43,15 +45,16 @@ def render(tokenizer, messages: Sequence[dict]) -> str:
             "(e.g. SmolLM2-135M-Instruct) or leave --chat-template out."
         )
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    prefix = _added_prefix(tokenizer)
+    prefix = _added_prefix(tokenizer) if prefix is None else prefix
     return text[len(prefix) :] if prefix and text.startswith(prefix) else text
 
 
 def render_sources(tokenizer, examples: Iterable) -> None:
     """Replace each example's source by its chat-template rendering (idempotent: renders its messages)."""
+    prefix = _added_prefix(tokenizer)  # two tokenizer calls, once rather than per example
     for e in examples:
         messages = e.meta.setdefault("messages", [{"role": "user", "content": e.source}])
-        e.source = render(tokenizer, messages)
+        e.source = render(tokenizer, messages, prefix)
 
 
 def check_lengths(tokenizer, kind: str, examples: Iterable, max_length: int) -> None:

@@ -29,7 +29,7 @@ from dept._extras import requires
 from dept.core.model import DePTModel
 from dept.core.optim import LR_HEAD, parameter_groups
 from dept.core.rates import default_rates, embedding_rms
-from dept.data import pad_batch, pad_id
+from dept.data import Encoded, pad_batch, pad_id
 
 with requires("hf"):
     from transformers import Trainer
@@ -126,8 +126,6 @@ def collator(tokenizer, model: DePTModel):
     """Batches padded the way `model` takes them (left for causal LMs; labels -100 on the source) from
     dept.data.Encoded rows, (Encoded, class id) pairs for classifiers (what `dept train` encodes), or
     dicts with input_ids and labels."""
-    from dept.data import Encoded
-
     pad, kind = pad_id(tokenizer), model.kind
 
     def collate(rows):
