@@ -199,3 +199,13 @@ def test_compare_rehearsal_on_a_csv_task(saved, tmp_path, monkeypatch):
     assert accuracy["lm-eval harness (acc)"] == pytest.approx(accuracy["dept evaluate"])
     written = (tmp_path / "out" / "results.json").read_text() + (tmp_path / "out" / "results.md").read_text()
     assert str(tmp_path) not in written and str(saved) not in written
+
+
+def test_a_task_the_harness_cannot_find_is_one_line_naming_include_path(capsys):
+    from dept.lm_eval import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", "dept", "--model_args", "pretrained=x", "--tasks", "dept_no_such_task"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: Tasks not found") and "--include_path" in err[-1]

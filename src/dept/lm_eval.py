@@ -3,7 +3,8 @@ registered (the harness finds external models only once they are imported), e.g.
 
     python -m dept.lm_eval --model dept --model_args pretrained=smollm2-135m,adapter=RUN --tasks hellaswag
 
-A mistake in the model args prints as one line (exit status 2), as dept's own commands do.
+A mistake in the model args, or a task the harness cannot find, prints as one line (exit status 2), as
+dept's own commands do.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.execute(parser.parse_args())
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as err:  # the harness's own "Tasks not found: ..." is a user's mistake, not a crash
+        if not str(err).startswith("Tasks not found"):
+            raise
+        print(
+            f"error: {err}. A local task needs --include_path DIR (dept.integrations.lm_eval.write_task writes "
+            "one); `--tasks list` names the harness's own.",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None
 
 

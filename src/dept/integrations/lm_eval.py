@@ -135,8 +135,8 @@ class DePTLM(TemplateLM):
             model, tokenizer, saved_length = load_model(pretrained, adapter, str(adapter_name), dtype)
         except UsageError:
             raise
-        except (ValueError, OSError, KeyError) as err:  # a wrong backbone, a missing file: one line, no traceback
-            raise UsageError(str(err).splitlines()[0]) from None
+        except (ValueError, OSError, KeyError, ImportError) as err:  # a wrong or missing backbone, a missing file
+            raise UsageError(" ".join(str(err).split())) from None  # one line, no traceback
         from dept.runs.trained import model_kind_of
 
         self.kind = model_kind_of(model)
