@@ -52,6 +52,21 @@ def test_suite_runs_every_cell_reports_pairs_and_skips_finished_cells(tmp_path, 
         assert not Path(json.loads(run.read_text())["output_dir"]).is_absolute()
 
 
+def test_pairs_over_tasks_use_only_the_tasks_both_methods_ran_and_targets_say_met_or_missed():
+    rows = [
+        {"task": t, "method": m, "seed": k, "test": score + k, "step_seconds": 2.0 if m == "pt" else 1.5}
+        for t, bonus in (("a", 0.0), ("b", 10.0), ("c", 20.0))
+        for m, score in (("pt", 50.0 + bonus), ("dept", 52.0 + bonus), ("adept", 51.0 + bonus))
+        for k in (0, 1, 2)
+    ] + [{"task": t, "method": "pt60", "seed": k, "test": 40.0 + k} for t in ("a", "b") for k in (0, 1, 2)]
+    assert suite.paired(rows, None, "dept", "pt") == [2.0, 2.0, 2.0]
+    assert suite.paired(rows, None, "dept", "pt60") == [17.0] * 3  # over a and b only: (12 + 22) / 2
+    lines = "\n".join(suite.targets(rows, {"tasks": ["a", "b", "c"], "seeds": 3}))
+    assert "provisional" not in lines and "DePT's mean over tasks ≥ PT's: met" in lines
+    assert "ADePT's ≥ DePT's: missed by 1.0 points" in lines and "DePT/PT 0.750" in lines
+    assert "provisional" in "\n".join(suite.targets(rows, {"tasks": ["a", "b", "c"], "seeds": 4}))
+
+
 def test_the_gpu_script_runs_every_stage_and_packs_the_cells(tmp_path):
     """benchmarks/quality/gpu.sh as the GPU call runs it, small: probe, the 300-step suite, the budget
     sweep and the long suite, each cut at the deadline, then the packed results for $OUT."""

@@ -109,8 +109,56 @@ def scores(rows: list[dict], task: str | None, method: str, split: str = "test")
 
 
 def paired(rows: list[dict], task: str | None, a: str, b: str) -> list[float]:
+    """a − b by seed; task None: the mean over the tasks both ran (PT l=60 runs on two of them)."""
+    if task is None:
+        tasks = sorted({r["task"] for r in rows if r["method"] == a} & {r["task"] for r in rows if r["method"] == b})
+        per_task = [dict(zip(*paired_seeds(rows, t, a, b))) for t in tasks]
+        seeds = sorted(set.intersection(*(set(d) for d in per_task))) if per_task else []
+        return [sum(d[k] for d in per_task) / len(per_task) for k in seeds]
+    return paired_seeds(rows, task, a, b)[1]
+
+
+def paired_seeds(rows: list[dict], task: str, a: str, b: str) -> tuple[list[int], list[float]]:
     left, right = scores(rows, task, a), scores(rows, task, b)
-    return [left[k] - right[k] for k in sorted(left) if k in right]
+    seeds = [k for k in sorted(left) if k in right]
+    return seeds, [left[k] - right[k] for k in seeds]
+
+
+def time_ratio(rows: list[dict], key: str) -> list[float]:
+    """DePT's time over PT's, run by run (same task and seed)."""
+    return [
+        x[key] / y[key]
+        for x in rows if x["method"] == "dept" and x.get(key)
+        for y in rows if y["method"] == "pt" and (y["task"], y["seed"]) == (x["task"], x["seed"]) and y.get(key)
+    ]  # fmt: skip
+
+
+def verdict(differences: list[float]) -> str:
+    """Mean ± std of paired differences, and the two-sided p of a paired t-test (3 seeds: a weak test)."""
+    from scipy import stats
+
+    if len(differences) < 2 or statistics.stdev(differences) == 0:
+        return f"{fmt(differences)} (n={len(differences)}, no test)"
+    p = stats.ttest_1samp(differences, 0.0).pvalue
+    return f"{fmt(differences)} (n={len(differences)}, paired t-test p={p:.2g})"
+
+
+def targets(rows: list[dict], settings: dict) -> list[str]:
+    """Issue 22's targets, stated from the rows; provisional until every task has every seed."""
+    done = all(len(scores(rows, t, m)) == settings["seeds"] for t in settings["tasks"] for m in MAIN)
+    lines = ["", "## Targets" + ("" if done else " (provisional: the suite is not finished)"), ""]
+    for a, b, what in (("dept", "pt", "DePT's mean over tasks ≥ PT's"), ("adept", "dept", "ADePT's ≥ DePT's")):
+        d = paired(rows, None, a, b)
+        if d:
+            state = "met" if statistics.fmean(d) >= 0 else f"missed by {-statistics.fmean(d):.1f} points"
+            lines.append(f"- {what}: {state}; paired difference {verdict(d)}.")
+    if ratio := time_ratio(rows, "step_seconds"):
+        state = "met" if max(ratio) < 1 else "missed"
+        lines.append(f"- DePT's training time per run lower than PT's: {state}; median step DePT/PT {fmt(ratio, 3)}.")
+    for t in ABLATION_TASKS:
+        if d := paired(rows, t, "dept", "pt60"):
+            lines.append(f"- What `A·B` adds at the defaults ({t}, DePT − PT l=60): {verdict(d)}.")
+    return lines
 
 
 def markdown(rows: list[dict], settings: dict) -> str:
@@ -137,7 +185,8 @@ def markdown(rows: list[dict], settings: dict) -> str:
                 else [r["test"] for r in rows if r["task"] == t and r["method"] == m]
             )
             cols.append(f"{fmt(values)} (n={len(values)})" if values else "-")
-        mean = list(scores(rows, None, m).values()) if m != "zero-shot" else []
+        ran_all = all(scores(rows, t, m) for t in tasks)  # PT l=60 runs on two tasks: no mean over three
+        mean = list(scores(rows, None, m).values()) if m != "zero-shot" and ran_all else []
         seconds = [r["train_seconds"] for r in rows if r["method"] == m and m != "zero-shot"]
         step = [r["step_seconds"] for r in rows if r["method"] == m and r.get("step_seconds")]
         lines.append(f"| {LABELS[m]} | " + " | ".join(cols) + f" | {fmt(mean)} | {fmt(seconds)} | {fmt(step, 2)} |")
@@ -149,18 +198,14 @@ def markdown(rows: list[dict], settings: dict) -> str:
             lines.append(f"- {LABELS[a]} − {LABELS[b]}: " + "; ".join(parts))
     lines.append("")
     for key, what in (("train_seconds", "training wall time per run"), ("step_seconds", "median step time")):
-        ratio = [
-            x[key] / y[key]
-            for x in rows if x["method"] == "dept" and x.get(key)
-            for y in rows if y["method"] == "pt" and (y["task"], y["seed"]) == (x["task"], x["seed"]) and y.get(key)
-        ]  # fmt: skip
-        if ratio:
+        if ratio := time_ratio(rows, key):
             lines.append(f"DePT/PT {what}, paired: {fmt(ratio, 3)} (n={len(ratio)}).  ")
     lines.append("Times share the machine with whatever else ran; `dept bench` measures speed side by side.")
     rates = {r["method"]: (r["lr_prompt"], r["lr_lowrank"], r["lr"]) for r in rows if r["method"] != "zero-shot"}
     lines += [
         "",
         "Rates the runs used (lr_prompt, lr_lowrank, lr): " + "; ".join(f"{LABELS[m]} {v}" for m, v in rates.items()),
+        *targets(rows, settings),
     ]
     return "\n".join(lines) + "\n"
 
@@ -199,7 +244,7 @@ def write_report(args: argparse.Namespace) -> None:
     if not rows:
         return
     settings = {**machine(), "precision": precisions(rows), "model": args.model, "tasks": args.tasks,
-                "steps": args.steps, "batch_size": args.batch_size, "eval_samples": args.eval_samples}  # fmt: skip
+                "steps": args.steps, "batch_size": args.batch_size, "eval_samples": args.eval_samples, "seeds": args.seeds}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "suite.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     (args.out / "suite.md").write_text(markdown(rows, settings))
