@@ -10,7 +10,9 @@ The arms, each trained once per seed in this one run on this one machine (the fi
 - `dept-rule`:    DePT at the default rates times `--rule-reference / --steps`, the budget rule under
                   test: Adam moves a parameter about `lr` per step, so `lr x steps` sets how far the
                   prompt and the offsets travel; the rule keeps the distance the defaults travel in
-                  `--rule-reference` steps.
+                  `--rule-reference` steps;
+- `dept-lowrank-x10`, `dept-lowrank-x100`: DePT at the default prompt rate and 10x / 100x the default
+                  low-rank rate: whether `A·B` contributes once it can move (at the default it barely does).
 
 The tuned rates come from `--tuned BEST_JSON` (a `dept tune` best.json, or any JSON object with
 `lr_prompt` and `lr_lowrank`); without it the script runs that search itself first (8 trials, seed 0,
@@ -41,6 +43,8 @@ ARMS = {
     "pt60-default": ("PT l=60 (DePT without A·B), default rate", ["--method", "pt", "--budget", "60"]),
     "dept-rule": ("DePT m=60, default rates x reference/steps (budget rule)", DEPT),
     "adept-default": ("ADePT m=60, default rates", METHODS["adept"]),
+    "dept-lowrank-x10": ("DePT m=60, default prompt rate, 10x the low-rank rate", DEPT),
+    "dept-lowrank-x100": ("DePT m=60, default prompt rate, 100x the low-rank rate", DEPT),
 }
 
 
@@ -74,9 +78,9 @@ def tuned_rates(args: argparse.Namespace) -> list[str]:
     return ["--lr-prompt", repr(rates["lr_prompt"]), "--lr-lowrank", repr(rates["lr_lowrank"])]
 
 
-def rule_rates(args: argparse.Namespace) -> list[str]:
-    """The default rates of `dept train` on this backbone (the same computation, the same dtype), times
-    --rule-reference / --steps."""
+def scaled_rates(args: argparse.Namespace, prompt_factor: float, lowrank_factor: float) -> list[str]:
+    """The default rates of `dept train` on this backbone (the same computation, the same dtype), each
+    times its factor."""
     from dept.backbones import load_backbone
     from dept.core.rates import with_default_rates
     from dept.methods import METHODS
@@ -85,16 +89,17 @@ def rule_rates(args: argparse.Namespace) -> list[str]:
 
     backbone, _ = load_backbone(args.model, dtype=METHODS["dept"].backbone_dtype(resolve_precision("auto")))
     defaults = with_default_rates(MethodOptions(), backbone)
-    factor = args.rule_reference / args.steps
-    return ["--lr-prompt", repr(defaults.lr_prompt * factor), "--lr-lowrank", repr(defaults.lr_lowrank * factor)]
+    return [
+        "--lr-prompt", repr(defaults.lr_prompt * prompt_factor), "--lr-lowrank", repr(defaults.lr_lowrank * lowrank_factor)
+    ]  # fmt: skip
 
 
 def run_all(args: argparse.Namespace) -> None:
     """Seed by seed, every arm: a cut-off check still compares the arms on the seeds it finished."""
-    extras = {
-        "dept-tuned": tuned_rates(args) if "dept-tuned" in args.arms else [],
-        "dept-rule": rule_rates(args) if "dept-rule" in args.arms else [],
-    }
+    rule = args.rule_reference / args.steps
+    factors = {"dept-rule": (rule, rule), "dept-lowrank-x10": (1, 10), "dept-lowrank-x100": (1, 100)}
+    extras = {arm: scaled_rates(args, *factors[arm]) for arm in args.arms if arm in factors}
+    extras["dept-tuned"] = tuned_rates(args) if "dept-tuned" in args.arms else []
     for seed in range(args.seeds):
         for arm in args.arms:
             flags = ARMS[arm][1]
@@ -145,6 +150,8 @@ def markdown(rows: list[dict], settings: dict) -> str:
         ("dept-default", "pt-default"),
         ("dept-default", "pt60-default"),
         ("dept-rule", "dept-default"),
+        ("dept-lowrank-x10", "dept-default"),
+        ("dept-lowrank-x100", "dept-default"),
     ):
         test, validation = paired(rows, arm, other, "test"), paired(rows, arm, other, "validation")
         if test:

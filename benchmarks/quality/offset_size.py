@@ -1,0 +1,82 @@
+"""How far did training move the adapter? The soft prompt's RMS and the RMS of the offset it adds to the
+input embeddings, both against the RMS of the backbone's embeddings.
+
+An offset far below the embeddings' scale changes the backbone's input by that fraction: it cannot be
+what separates DePT from prompt tuning with its prompt alone. DePT's offset (α/√r)·A·B is read at
+every one of its s positions; ADePT's ReLU(e·A + a)·B + b at every token of the vocabulary.
+
+    .venv/bin/python benchmarks/quality/offset_size.py --model smollm2-135m RUN_OR_ADAPTER [...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from dept.backbones import load_backbone
+from dept.core.checkpoint import read_adapter
+from dept.core.rates import embedding_rms
+
+
+def rms(t: torch.Tensor) -> float:
+    return t.float().pow(2).mean().sqrt().item()
+
+
+def adapter_folder(path: Path) -> Path:
+    """A run folder holds its adapter in best/ (or last/); an adapter folder is itself."""
+    for candidate in (path, path / "best", path / "last"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise SystemExit(f"{path}: no adapter_config.json there or in best/ or last/.")
+
+
+@torch.no_grad()
+def offset_rms(config, tensors: dict[str, torch.Tensor], embeddings: torch.Tensor) -> float | None:
+    if not config.rank:
+        return None
+    if config.update == "token":
+        a, b = tensors["lora_embedding_a"], tensors["lora_embedding_b"]
+        hidden = torch.relu(embeddings @ tensors["lora_embedding_A"] + a)
+        return rms(hidden @ tensors["lora_embedding_B"] + b)
+    return rms(tensors["lora_embedding_A"] @ tensors["lora_embedding_B"] * config.scaling)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("adapters", nargs="+", type=Path)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--out", type=Path, default=None, help="Write the table here (Markdown) and a .json beside.")
+    args = parser.parse_args()
+    backbone, _ = load_backbone(args.model, dtype=torch.float32)
+    embeddings = backbone.get_input_embeddings().weight.detach().float()
+    scale = embedding_rms(backbone)
+    rows = []
+    for path in args.adapters:
+        config, tensors, _ = read_adapter(adapter_folder(path))
+        tensors = {k: v.float() for k, v in tensors.items()}
+        offset = offset_rms(config, tensors, embeddings)
+        rows.append(
+            {"adapter": str(path), "update": config.update if config.rank else "none", "rank": config.rank,
+             "prompt_rms": rms(tensors["prompt_embeddings"]), "offset_rms": offset, "embedding_rms": scale}
+        )  # fmt: skip
+    lines = [
+        f"Embedding RMS of {args.model}: {scale:.4g}.",
+        "",
+        "| adapter | update | rank | prompt RMS / embedding RMS | offset RMS / embedding RMS |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        offset = "-" if r["offset_rms"] is None else f"{r['offset_rms'] / scale:.2e}"
+        lines.append(f"| {r['adapter']} | {r['update']} | {r['rank']} | {r['prompt_rms'] / scale:.3g} | {offset} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
