@@ -220,7 +220,7 @@ def report(args: argparse.Namespace) -> None:
     print(markdown(rows, settings))
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("DEPT_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -255,13 +255,13 @@ def parse() -> argparse.Namespace:
         help="Which arms to train (default: the first four).",
     )
     parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.runs = (args.runs or REPO / "runs" / "defaults" / check_name(args)).resolve()
     return args
 
 
-def main() -> None:
-    args = parse()
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     if not args.report_only:
         if not args.data_dir.is_dir():
             sys.exit(f"GLUE data not found at {args.data_dir}; pass --data-dir or set DEPT_DATA_DIR.")

@@ -72,7 +72,7 @@ class MethodOptions:
     # None: scaled to the backbone's embeddings (dept.core.rates).
     lr_prompt: Optional[float] = option(None, "Soft prompt learning rate (default: 6 x the input embeddings' RMS).")
     lr_lowrank: Optional[float] = option(
-        None, "Learning rate of the update (DePT A, B; ADePT A, a, B, b) (default: 7.5e-5 x the embeddings' RMS)."
+        None, "Learning rate of the update (DePT A, B; ADePT A, a, B, b) (default: 7.5e-4 x the embeddings' RMS)."
     )
     lr: float = option(5e-4, "Learning rate for --method lora/full.")
     # A classifier's task head (prompt methods on ...ForSequenceClassification) is a linear layer: LoRA's kind of rate.

@@ -6,9 +6,10 @@ embeddings and the offsets (α/√r)·A·B are added to them, so both defaults a
 RMS of the backbone's input embeddings (what the embedding layer outputs, multipliers such as
 Gemma's √d included): 0.136 on SmolLM2-135M, 1.03 on Gemma-3-270m.
 
-The constants come from a `dept tune` search for DePT on SmolLM2-135M, SST-2, at a budget of a few
-hundred steps, which is what `dept train` runs by default; the search and the checks of these
-defaults against searched rates are in benchmarks/quality/ and the README. Good rates move with the
+The prompt constant comes from a `dept tune` search for DePT on SmolLM2-135M, SST-2, at a budget of a
+few hundred steps, which is what `dept train` runs by default. That search's low-rank rate (7.5e-5)
+left A·B at 1e-3 of the embeddings' scale after 300 steps, too small to matter; 10x it won on
+validation on SST-2 and STS-B at 300 steps (benchmarks/quality/cpu/lowrank_rate/). Good rates move with the
 step budget (the official T5 runs, 30k steps, use 0.3 and 1e-4): for long runs, tune.
 LoRA's and full fine-tuning's rate does not depend on the embedding scale and keeps its constant.
 """
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 PROMPT_RATE_PER_RMS = 6.0  # lr_prompt = 6 x RMS(E)
-LOWRANK_RATE_PER_RMS = 7.5e-5  # lr_lowrank = 7.5e-5 x RMS(E)
+LOWRANK_RATE_PER_RMS = 7.5e-4  # lr_lowrank = 7.5e-4 x RMS(E)
 
 
 @torch.no_grad()
