@@ -3,7 +3,9 @@ input embeddings, both against the RMS of the backbone's embeddings.
 
 An offset far below the embeddings' scale changes the backbone's input by that fraction: it cannot be
 what separates DePT from prompt tuning with its prompt alone. DePT's offset (α/√r)·A·B is read at
-every one of its s positions; ADePT's ReLU(e·A + a)·B + b at every token of the vocabulary.
+every one of its s positions; ADePT's ReLU(e·A + a)·B + b at every token of the vocabulary. The
+offset's mean over those rows is the part every input shares (for ADePT mostly b): an update whose
+mean is all of it shifts every embedding alike, which the prompt could do as well.
 
     .venv/bin/python benchmarks/quality/offset_size.py --model smollm2-135m RUN_OR_ADAPTER [...]
 """
@@ -34,14 +36,15 @@ def adapter_folder(path: Path) -> Path:
 
 
 @torch.no_grad()
-def offset_rms(config, tensors: dict[str, torch.Tensor], embeddings: torch.Tensor) -> float | None:
+def offsets(config, tensors: dict[str, torch.Tensor], embeddings: torch.Tensor) -> torch.Tensor | None:
+    """One offset row per position (DePT) or per vocabulary token (ADePT)."""
     if not config.rank:
         return None
     if config.update == "token":
         a, b = tensors["lora_embedding_a"], tensors["lora_embedding_b"]
         hidden = torch.relu(embeddings @ tensors["lora_embedding_A"] + a)
-        return rms(hidden @ tensors["lora_embedding_B"] + b)
-    return rms(tensors["lora_embedding_A"] @ tensors["lora_embedding_B"] * config.scaling)
+        return hidden @ tensors["lora_embedding_B"] + b
+    return tensors["lora_embedding_A"] @ tensors["lora_embedding_B"] * config.scaling
 
 
 def main() -> None:
@@ -57,20 +60,24 @@ def main() -> None:
     for path in args.adapters:
         config, tensors, _ = read_adapter(adapter_folder(path))
         tensors = {k: v.float() for k, v in tensors.items()}
-        offset = offset_rms(config, tensors, embeddings)
+        offset = offsets(config, tensors, embeddings)
         rows.append(
             {"adapter": str(path), "update": config.update if config.rank else "none", "rank": config.rank,
-             "prompt_rms": rms(tensors["prompt_embeddings"]), "offset_rms": offset, "embedding_rms": scale}
+             "prompt_rms": rms(tensors["prompt_embeddings"]), "embedding_rms": scale,
+             "offset_rms": None if offset is None else rms(offset),
+             "offset_mean_rms": None if offset is None else rms(offset.mean(0))}
         )  # fmt: skip
     lines = [
         f"Embedding RMS of {args.model}: {scale:.4g}.",
         "",
-        "| adapter | update | rank | prompt RMS / embedding RMS | offset RMS / embedding RMS |",
-        "|---|---|---:|---:|---:|",
+        "| adapter | update | rank | prompt RMS / embedding RMS | offset RMS / embedding RMS | its shared part |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        offset = "-" if r["offset_rms"] is None else f"{r['offset_rms'] / scale:.2e}"
-        lines.append(f"| {r['adapter']} | {r['update']} | {r['rank']} | {r['prompt_rms'] / scale:.3g} | {offset} |")
+        offset, shared = ("-" if r[k] is None else f"{r[k] / scale:.2e}" for k in ("offset_rms", "offset_mean_rms"))
+        lines.append(
+            f"| {r['adapter']} | {r['update']} | {r['rank']} | {r['prompt_rms'] / scale:.3g} | {offset} | {shared} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
