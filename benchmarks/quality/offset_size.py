@@ -4,8 +4,9 @@ input embeddings, both against the RMS of the backbone's embeddings.
 An offset far below the embeddings' scale changes the backbone's input by that fraction: it cannot be
 what separates DePT from prompt tuning with its prompt alone. DePT's offset (α/√r)·A·B is read at
 every one of its s positions; ADePT's ReLU(e·A + a)·B + b at every token of the vocabulary. The
-offset's mean over those rows is the part every input shares (for ADePT mostly b): an update that
-is mostly its mean shifts every embedding alike and says little about the token or position.
+offset's mean over those rows is the part every input shares (for ADePT, b plus the FFN's mean
+output): an update that is mostly its mean shifts every embedding alike and says little about the
+token or position.
 
     .venv/bin/python benchmarks/quality/offset_size.py --model smollm2-135m RUN_OR_ADAPTER [...]
 """
