@@ -54,12 +54,15 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path, default=None, help="Write the table here (Markdown) and a .json beside.")
     args = parser.parse_args()
-    backbone, _ = load_backbone(args.model, dtype=torch.float32)
+    try:  # adapters first: a wrong path or file fails before the backbone loads
+        adapters = [read_adapter(adapter_folder(path))[:2] for path in args.adapters]
+        backbone, _ = load_backbone(args.model, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
     embeddings = backbone.get_input_embeddings().weight.detach().float()
     scale = embedding_rms(backbone)
     rows = []
-    for path in args.adapters:
-        config, tensors, _ = read_adapter(adapter_folder(path))
+    for path, (config, tensors) in zip(args.adapters, adapters):
         tensors = {k: v.float() for k, v in tensors.items()}
         offset = offsets(config, tensors, embeddings)
         rows.append(
