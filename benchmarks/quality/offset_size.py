@@ -5,8 +5,9 @@ An offset far below the embeddings' scale changes the backbone's input by that f
 what separates DePT from prompt tuning with its prompt alone. DePT's offset (α/√r)·A·B is read at
 every one of its s positions; ADePT's ReLU(e·A + a)·B + b at every token of the vocabulary. The
 offset's mean over those rows is the part every input shares (for ADePT, b plus the FFN's mean
-output): an update that is mostly its mean shifts every embedding alike and says little about the
-token or position.
+output; b is also reported alone): an update that is mostly its mean shifts every embedding alike
+and says little about the token or position. With --out, rows of adapters measured earlier are kept
+(the suite does not keep adapters, so an earlier row cannot be measured again).
 
     .venv/bin/python benchmarks/quality/offset_size.py --model smollm2-135m RUN_OR_ADAPTER [...]
 """
@@ -48,12 +49,12 @@ def offsets(config, tensors: dict[str, torch.Tensor], embeddings: torch.Tensor) 
     return tensors["lora_embedding_A"] @ tensors["lora_embedding_B"] * config.scaling
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("adapters", nargs="+", type=Path)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path, default=None, help="Write the table here (Markdown) and a .json beside.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:  # adapters first: a wrong path or file fails before the backbone loads
         adapters = [read_adapter(adapter_folder(path))[:2] for path in args.adapters]
         backbone, _ = load_backbone(args.model, dtype=torch.float32)
@@ -69,18 +70,28 @@ def main() -> None:
             {"adapter": str(path), "update": config.update if config.rank else "none", "rank": config.rank,
              "prompt_rms": rms(tensors["prompt_embeddings"]), "embedding_rms": scale,
              "offset_rms": None if offset is None else rms(offset),
-             "offset_mean_rms": None if offset is None else rms(offset.mean(0))}
+             "offset_mean_rms": None if offset is None else rms(offset.mean(0)),
+             "bias_rms": rms(tensors["lora_embedding_b"]) if "lora_embedding_b" in tensors else None}
         )  # fmt: skip
+    if args.out and args.out.with_suffix(".json").is_file():
+        measured = {r["adapter"] for r in rows}
+        earlier = json.loads(args.out.with_suffix(".json").read_text())
+        rows = [r for r in earlier if r["adapter"] not in measured] + rows
     lines = [
-        f"Embedding RMS of {args.model}: {scale:.4g}.",
+        f"Embedding RMS of {args.model}: {scale:.4g}. Every size is over it. Shared part: the offset's mean over",
+        "its rows; b: ADePT's bias alone (- where there is none or the row predates that column).",
         "",
-        "| adapter | update | rank | prompt RMS / embedding RMS | offset RMS / embedding RMS | its shared part |",
-        "|---|---|---:|---:|---:|---:|",
+        "| adapter | update | rank | prompt RMS / embedding RMS | offset RMS / embedding RMS | its shared part | b |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        offset, shared = ("-" if r[k] is None else f"{r[k] / scale:.2e}" for k in ("offset_rms", "offset_mean_rms"))
+        offset, shared, bias = (
+            "-" if r.get(k) is None else f"{r[k] / r['embedding_rms']:.2e}"
+            for k in ("offset_rms", "offset_mean_rms", "bias_rms")
+        )
         lines.append(
-            f"| {r['adapter']} | {r['update']} | {r['rank']} | {r['prompt_rms'] / scale:.3g} | {offset} | {shared} |"
+            f"| {r['adapter']} | {r['update']} | {r['rank']} | {r['prompt_rms'] / r['embedding_rms']:.3g} | "
+            f"{offset} | {shared} | {bias} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

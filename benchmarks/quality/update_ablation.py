@@ -59,13 +59,13 @@ def score(run: Path, task: str, samples: int, data_dir: str | None) -> dict:
     return json.loads(done.stdout)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="Run folders (with run.json and best/).")
     parser.add_argument("--samples", type=int, default=500, help="First N validation examples (the suite's cap).")
     parser.add_argument("--data-dir", default=None, help="Default: each run's.")
     parser.add_argument("--out", type=Path, default=None, help="Write the table here (Markdown) and a .json beside.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for run in args.runs:
         check(run)
     rows = []
