@@ -37,6 +37,14 @@ def adapter_folder(path: Path) -> Path:
     raise SystemExit(f"{path}: no adapter_config.json there or in best/ or last/.")
 
 
+def write_table(text: str, rows: list[dict], out: Path | None) -> None:
+    """Print the table; with --out also write it, and its rows as .json beside it."""
+    print(text)
+    if out:
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
 @torch.no_grad()
 def offsets(config, tensors: dict[str, torch.Tensor], embeddings: torch.Tensor) -> torch.Tensor | None:
     """One offset row per position (DePT) or per vocabulary token (ADePT)."""
@@ -93,11 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['adapter']} | {r['update']} | {r['rank']} | {r['prompt_rms'] / r['embedding_rms']:.3g} | "
             f"{offset} | {shared} | {bias} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_table("\n".join(lines) + "\n", rows, args.out)
 
 
 if __name__ == "__main__":

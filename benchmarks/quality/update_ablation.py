@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from offset_size import adapter_folder
+from offset_size import adapter_folder, write_table
 
 UPDATE_OUTPUTS = ("lora_embedding_B", "lora_embedding_b")  # zero these and every offset is zero
 
@@ -86,11 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         *(f"| {r['run']} | {r['metric']} | {r['trained']:.1f} | {r['update_removed']:.1f} | "
           f"{r['update_removed'] - r['trained']:+.1f} |" for r in rows),
     ]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_table("\n".join(lines) + "\n", rows, args.out)
 
 
 if __name__ == "__main__":
