@@ -29,32 +29,10 @@ def runs(tmp_path_factory):
     out = {}
     for method in ("dept", "adept"):
         out[method] = tmp / method
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dept.cli",
-                "train",
-                "--task",
-                f"csv:{tmp / 'task.csv'}",
-                "--model",
-                str(tmp / "model"),
-                "--method",
-                method,
-                "--max-steps",
-                "2",
-                "--batch-size",
-                "4",
-                "--eval-every",
-                "2",
-                "--eval-samples",
-                "8",
-                "--output-dir",
-                str(out[method]),
-            ],  # fmt: skip
-            check=True,
-            capture_output=True,
-        )
+        train = [sys.executable, "-m", "dept.cli", "train", "--task", f"csv:{tmp / 'task.csv'}", "--method", method,
+                 "--model", str(tmp / "model"), "--output-dir", str(out[method]),
+                 *"--max-steps 2 --batch-size 4 --eval-every 2 --eval-samples 8".split()]  # fmt: skip
+        subprocess.run(train, check=True, capture_output=True)
     return tmp, out
 
 
