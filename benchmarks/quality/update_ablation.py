@@ -14,11 +14,11 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from offset_size import adapter_folder, write_table
+from run import dept
 
 UPDATE_OUTPUTS = ("lora_embedding_B", "lora_embedding_b")  # zero these and every offset is zero
 
@@ -51,8 +51,8 @@ def without_update(run: Path, into: Path) -> Path:
 
 
 def score(run: Path, task: str, samples: int, data_dir: str | None) -> dict:
-    command = [sys.executable, "-m", "dept.cli", "eval", "--adapter", str(run), "--task", task,
-               "--split", "validation", "--samples", str(samples), *(["--data-dir", data_dir] if data_dir else [])]  # fmt: skip
+    command = dept("eval", "--adapter", run, "--task", task, "--split", "validation", "--samples", str(samples),
+                   *(["--data-dir", data_dir] if data_dir else []))  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"error: dept eval on {run} failed:\n{done.stderr[-2000:]}")
