@@ -74,3 +74,14 @@ def test_offset_size_keeps_rows_measured_earlier_and_reports_adepts_bias(runs, t
     assert [r["adapter"] for r in rows] == ["gone", str(out["adept"]), str(out["dept"])]
     assert rows[1]["bias_rms"] is not None and rows[2]["bias_rms"] is None
     assert "| gone | position | 2 | 2 | 2.00e-02 | 2.00e-03 | - |" in table.read_text()
+
+
+def test_update_ablation_keeps_rows_measured_earlier(runs, tmp_path):
+    _, out = runs
+    table = tmp_path / "removal.md"
+    table.with_suffix(".json").write_text(json.dumps([{"run": "gone", "method": "dept", "task": "glue/stsb",
+                                                       "metric": "pearson", "examples": 500, "trained": 38.1,
+                                                       "update_removed": 38.2}]))  # fmt: skip
+    update_ablation.main([str(out["dept"]), "--samples", "8", "--out", str(table)])
+    assert [r["run"] for r in json.loads(table.with_suffix(".json").read_text())] == ["gone", str(out["dept"])]
+    assert "| gone | pearson | 38.1 | 38.2 | +0.1 |" in table.read_text()

@@ -37,6 +37,15 @@ def adapter_folder(path: Path) -> Path:
     raise SystemExit(f"{path}: no adapter_config.json there or in best/ or last/.")
 
 
+def with_earlier_rows(rows: list[dict], out: Path | None, key: str) -> list[dict]:
+    """The rows already in OUT's .json that were not measured again, then these: the suite keeps no
+    adapters, so a row measured once cannot be measured again."""
+    if not (out and out.with_suffix(".json").is_file()):
+        return rows
+    measured = {r[key] for r in rows}
+    return [r for r in json.loads(out.with_suffix(".json").read_text()) if r[key] not in measured] + rows
+
+
 def write_table(text: str, rows: list[dict], out: Path | None) -> None:
     """Print the table; with --out also write it, and its rows as .json beside it."""
     print(text)
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("adapters", nargs="+", type=Path)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--out", type=Path, default=None, help="Write the table here (Markdown) and a .json beside.")
+    parser.add_argument("--out", type=Path, default=None, help="Table (Markdown), .json beside; keeps its rows.")
     args = parser.parse_args(argv)
     try:  # adapters first: a wrong path or file fails before the backbone loads
         adapters = [read_adapter(adapter_folder(path))[:2] for path in args.adapters]
@@ -81,10 +90,7 @@ def main(argv: list[str] | None = None) -> None:
              "offset_mean_rms": None if offset is None else rms(offset.mean(0)),
              "bias_rms": rms(tensors["lora_embedding_b"]) if "lora_embedding_b" in tensors else None}
         )  # fmt: skip
-    if args.out and args.out.with_suffix(".json").is_file():
-        measured = {r["adapter"] for r in rows}
-        earlier = json.loads(args.out.with_suffix(".json").read_text())
-        rows = [r for r in earlier if r["adapter"] not in measured] + rows
+    rows = with_earlier_rows(rows, args.out, key="adapter")
     lines = [
         f"Embedding RMS of {args.model}: {scale:.4g}. Every size is over it. Shared part: the offset's mean over",
         "its rows; b: ADePT's bias alone (- where there is none or the row predates that column).",

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from offset_size import adapter_folder, write_table
+from offset_size import adapter_folder, with_earlier_rows, write_table
 from run import dept
 
 UPDATE_OUTPUTS = ("lora_embedding_B", "lora_embedding_b")  # zero these and every offset is zero
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="Run folders (with run.json and best/).")
     parser.add_argument("--samples", type=int, default=500, help="First N validation examples (the suite's cap).")
     parser.add_argument("--data-dir", default=None, help="Default: each run's.")
-    parser.add_argument("--out", type=Path, default=None, help="Write the table here (Markdown) and a .json beside.")
+    parser.add_argument("--out", type=Path, default=None, help="Table (Markdown), .json beside; keeps its rows.")
     args = parser.parse_args(argv)
     for run in args.runs:
         check(run)
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"run": str(run), "method": settings["method"]["method"], "task": task, "metric": metric,
                      "examples": trained["examples"], "trained": trained[metric], "update_removed": removed[metric]})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
+    rows = with_earlier_rows(rows, args.out, key="run")
     lines = [
         f"Validation, first {args.samples} examples; the update removed = its output weights set to zero.",
         "",
