@@ -202,7 +202,9 @@ def check_name(args: argparse.Namespace) -> str:
 def report(args: argparse.Namespace) -> None:
     rows = collect(args)
     if not rows:
-        sys.exit(f"No finished runs under {args.runs}; run this command without --report-only first.")
+        sys.exit(
+            f"No finished runs under {args.runs}; a run that failed says why above; with --report-only, run without it first."
+        )
     settings = {
         **machine(),
         "precision": precisions(rows),

@@ -63,8 +63,14 @@ def step(folder: Path, done, cmd: list[str]) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] start {folder}", flush=True)
     with open(folder / "log.txt", "a") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-    status = "done" if code == 0 else f"FAILED ({code}), see {folder / 'log.txt'}"
+    status = "done" if code == 0 else f"FAILED ({code}): {last_line(folder / 'log.txt')} (log: {folder / 'log.txt'})"
     print(f"[{time.strftime('%H:%M:%S')}] {status} {folder} in {time.time() - started:.0f} s", flush=True)
+
+
+def last_line(log: Path) -> str:
+    """A failed dept command ends its log with a one-line error: show it, not just the log's path."""
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return lines[-1][:200] if lines else ""
 
 
 def finished(folder: Path) -> bool:
