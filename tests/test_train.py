@@ -1,6 +1,7 @@
 """`dept train` end to end on a tiny model: resume after a kill, 2 processes vs 1, results files."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -72,6 +73,8 @@ def test_training_writes_results_curve_and_best_adapter(tiny_setup, tmp_path):
         assert (tmp_path / name).exists(), name
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in logged) and any("val_accuracy" in r for r in logged)
+    norms = [r["grad_norm"] for r in logged if "loss" in r]  # before clipping: says whether the clip bites
+    assert norms and all(math.isfinite(n) and n > 0 for n in norms)
 
 
 def test_killed_run_resumes_to_the_same_adapter(tiny_setup, tmp_path, monkeypatch):

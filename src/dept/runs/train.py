@@ -328,8 +328,9 @@ class Run(Checkpoints):
                 loss_sum += loss.item()
             samples = opts.batch_size * opts.grad_accum
             mean_loss = loss_sum * world / max(total, 1.0)
+            grad_norm = None  # before clipping, as transformers.Trainer logs it: says how often the clip bites
             if opts.max_grad_norm:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), opts.max_grad_norm)
+                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), opts.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -343,7 +344,8 @@ class Run(Checkpoints):
                 loss=f"{mean_loss:.4f}", **{k: f"{v:.2e}" for k, v in lrs.items()}, sps=f"{samples / elapsed:.1f}"
             )
             if step % opts.log_every == 0 or step == 1:
-                self._log({"step": step, "loss": mean_loss, **lrs, "samples_per_s": samples / elapsed})
+                norm = {} if grad_norm is None else {"grad_norm": float(grad_norm)}
+                self._log({"step": step, "loss": mean_loss, **norm, **lrs, "samples_per_s": samples / elapsed})
             eval_now = step % opts.eval_every == 0 or step == opts.max_steps
             save_now = eval_now or step % (opts.save_every or opts.eval_every) == 0
             if save_now:  # before evaluating: an evaluation that fails costs no training
