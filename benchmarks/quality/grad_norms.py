@@ -66,7 +66,7 @@ def first_steps(arm: str, args: argparse.Namespace) -> list[dict]:
     logged = [r for r in logged if "grad_norm" in r]
     rows = []
     for r, groups in zip(logged, after_clip):
-        clip = min(1.0, 1.0 / (r["grad_norm"] + 1e-6))
+        clip = min(1.0, opts.max_grad_norm / (r["grad_norm"] + 1e-6))  # as torch's clip_grad_norm_ scales
         rows.append({"arm": arm, "step": r["step"], "loss": r["loss"], "grad_norm": r["grad_norm"], "clip": clip,
                      **{f"{name}_norm": norm / clip for name, norm in groups.items()}})  # fmt: skip
     return rows
@@ -114,7 +114,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.steps <= args.suite_steps:
         raise SystemExit(f"error: --steps must be between 1 and --suite-steps ({args.suite_steps}); got {args.steps}.")
-    rows = [row for arm in args.arms for row in first_steps(arm, args)]
+    try:
+        rows = [row for arm in args.arms for row in first_steps(arm, args)]
+    except (ValueError, OSError) as err:  # dept's own one-line messages: a typo'd task, a missing data folder
+        from dept.cli import _one_line  # the message as `dept` prints it: one line
+
+        raise SystemExit(f"error: {_one_line(err)}") from None
     write_table(markdown(rows, args), rows, args.out)
 
 
