@@ -215,6 +215,8 @@ def test_rank_above_the_hidden_size_is_refused_and_over_budget_warned(caplog):
         METHODS["adept"].config(MethodOptions(method="adept", rank=40), hidden_size=32)
     dept_config(MethodOptions(rank=30, budget=10, prompt_length=4), hidden_size=32)
     assert "over the budget of 10 prompt tokens (320 parameters)" in caplog.text
+    with pytest.raises(ValueError, match=r"--lora-rank 33 is above 32, the backbone's hidden size"):
+        METHODS["lora"].build(MethodOptions(method="lora", lora_rank=33), make_tiny_llama(), None, "causal")
 
 
 def test_data_order_is_the_same_for_any_number_of_processes():

@@ -32,6 +32,13 @@ class LoRA(Method):
         with requires("train"):
             from peft import get_peft_model
 
+        # An (in x r)(r x out) update has rank at most min(in, out); past the width it only costs memory.
+        hidden_size = backbone.get_input_embeddings().weight.shape[1]
+        if opts.lora_rank > hidden_size:
+            raise UsageError(
+                f"--lora-rank {opts.lora_rank} is above {hidden_size}, the backbone's hidden size, which bounds "
+                f"the rank of its LoRA updates; choose --lora-rank <= {hidden_size}."
+            )
         return get_peft_model(backbone, lora_config(kind, opts.lora_rank))
 
     def load_weights(self, model, path: Path) -> None:
