@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import dept.runs.rundir
 from dept.options import MethodOptions
 from dept.runs.train import Run, TrainOptions, batch_rows
 
@@ -58,8 +59,13 @@ def adapter_tensors(folder):
     return load_file(folder / "model" / "adapter_model.safetensors")
 
 
-def test_training_writes_results_curve_and_best_adapter(tiny_setup, tmp_path):
-    results = Run(options(tiny_setup, tmp_path, zero_shot=True)).fit()
+def test_training_writes_results_curve_and_best_adapter(tiny_setup, tmp_path, monkeypatch):
+    checkout = {"commit": "at-start"}
+    monkeypatch.setattr(dept.runs.rundir, "code_commit", lambda: checkout["commit"])
+    run = Run(options(tiny_setup, tmp_path, zero_shot=True))
+    checkout["commit"] = "edited-mid-run"
+    results = run.fit()
+    assert results["commit"] == "at-start"  # the code the process runs, not the checkout when it ends
     assert results["steps"] == 6 and results["trainable_parameters"] > 0
     assert {"validation", "test", "zero_shot_validation", "zero_shot_test"} <= set(results)
     for name in (

@@ -68,6 +68,7 @@ class Run(Checkpoints):
         opts.validate()
         self.on_eval = on_eval
         self.out = opts.out
+        self.commit = rundir.code_commit()  # the code this process imported, not a checkout edited mid-run
         from dept.tasks import get_task, instructions
 
         self.task = get_task(opts.task, **opts.task_options)
@@ -379,7 +380,7 @@ class Run(Checkpoints):
                 **self.method.rates_used(self.opts.method, self.kind),
                 "scoring": self.opts.scoring,
                 "processes": self.accelerator.num_processes,
-                "commit": rundir.code_commit(),
+                "commit": self.commit,
             }
             zero_shot = self.state.get("zero_shot") or {}
             if "validation" in zero_shot:
