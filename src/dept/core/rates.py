@@ -11,7 +11,8 @@ few hundred steps, which is what `dept train` runs by default. That search's low
 left A·B at 1e-3 of the embeddings' scale after 300 steps, too small to matter; 10x it won on
 validation on SST-2 and STS-B at 300 steps (benchmarks/quality/cpu/lowrank_rate/), while 10x and 100x the
 new default lost 40 and 48 validation points on STS-B, seed 0 (benchmarks/quality/cpu/lowrank_removal/). Good rates move with the
-step budget (the official T5 runs, 30k steps, use 0.3 and 1e-4): for long runs, tune.
+step budget (the official T5 runs, 30k steps, use 0.3 and 1e-4); scaling both by 300 / steps did not
+beat these constants at 150 or 600 steps (benchmarks/quality/cpu/budget_rule/): for long runs, tune.
 LoRA's and full fine-tuning's rate does not depend on the embedding scale and keeps its constant.
 """
 
