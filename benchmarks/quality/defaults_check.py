@@ -12,7 +12,9 @@ The arms, each trained once per seed in this one run on this one machine (the fi
                   prompt and the offsets travel; the rule keeps the distance the defaults travel in
                   `--rule-reference` steps;
 - `dept-lowrank-x10`, `dept-lowrank-x100`: DePT at the default prompt rate and 10x / 100x the default
-                  low-rank rate: whether `A·B` contributes once it can move (at the default it barely does).
+                  low-rank rate: whether `A·B` contributes once it can move (at the default it barely does);
+- `pt-prompt-x0.25`: prompt tuning l=100 at 1/4 of the default prompt rate: whether the shared default,
+                  searched on DePT, holds PT back.
 
 The tuned rates come from `--tuned BEST_JSON` (a `dept tune` best.json, or any JSON object with
 `lr_prompt` and `lr_lowrank`); without it the script runs that search itself first (8 trials, seed 0,
@@ -45,6 +47,7 @@ ARMS = {
     "adept-default": ("ADePT m=60, default rates", METHODS["adept"]),
     "dept-lowrank-x10": ("DePT m=60, default prompt rate, 10x the low-rank rate", DEPT),
     "dept-lowrank-x100": ("DePT m=60, default prompt rate, 100x the low-rank rate", DEPT),
+    "pt-prompt-x0.25": ("PT l=100, 1/4 of the default prompt rate", METHODS["pt"]),
 }
 
 
@@ -97,7 +100,9 @@ def scaled_rates(args: argparse.Namespace, prompt_factor: float, lowrank_factor:
 def run_all(args: argparse.Namespace) -> None:
     """Seed by seed, every arm: a cut-off check still compares the arms on the seeds it finished."""
     rule = args.rule_reference / args.steps
-    factors = {"dept-rule": (rule, rule), "dept-lowrank-x10": (1, 10), "dept-lowrank-x100": (1, 100)}
+    factors = {
+        "dept-rule": (rule, rule), "dept-lowrank-x10": (1, 10), "dept-lowrank-x100": (1, 100), "pt-prompt-x0.25": (0.25, 1)
+    }  # fmt: skip
     extras = {arm: scaled_rates(args, *factors[arm]) for arm in args.arms if arm in factors}
     extras["dept-tuned"] = tuned_rates(args) if "dept-tuned" in args.arms else []
     for seed in range(args.seeds):
@@ -152,6 +157,7 @@ def markdown(rows: list[dict], settings: dict) -> str:
         ("dept-rule", "dept-default"),
         ("dept-lowrank-x10", "dept-default"),
         ("dept-lowrank-x100", "dept-default"),
+        ("pt-prompt-x0.25", "pt-default"),
     ):
         test, validation = paired(rows, arm, other, "test"), paired(rows, arm, other, "validation")
         if test:
